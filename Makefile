@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make test   create .venv, install minicap with its test extras, run the tests
+#   make demo   create .venv, install minicap, caption COCO photos end to end ($MINICAP_COCO, default data/coco)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MINICAP_COCO ?= data/coco
+export MINICAP_COCO
+
+.PHONY: test demo lint bench figures format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamp files: re-install only when the package metadata changes.
+$(VENV)/.installed-dev: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,eval]'
+	touch $@
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[eval]'
+	touch $@
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+demo: $(VENV)/.installed
+	$(BIN)/minicap demo --coco "$(MINICAP_COCO)"
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check minicap lessons tests benchmarks
+	$(BIN)/ruff format --check minicap lessons tests benchmarks
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff check --fix minicap lessons tests benchmarks
+	$(BIN)/ruff format minicap lessons tests benchmarks
+
+# Benchmarks compare against PyTorch when it is importable (CPU wheel on this machine's disk).
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch not installed: PyTorch columns skipped"
+	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/bench_extract.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache lessons/out benchmarks/out

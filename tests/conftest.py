@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests that need the real COCO data find it at `<repo>/../shared/coco` and skip when absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MINICAP_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (set MINICAP_SHARED to the folder holding coco/ and reference/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_coco() -> Path:
+    """`../shared/coco`: 271 COCO photos (images/), captions.json, captions_val2017_full.json."""
+    return _require(SHARED / "coco", "shared COCO data")
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """`../shared/reference`: EfficientNet-Lite0 reference outputs."""
+    return _require(SHARED / "reference", "EfficientNet-Lite0 reference outputs")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A deterministic random generator: every test gets the same inputs on every run."""
+    return np.random.default_rng(231)
