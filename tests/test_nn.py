@@ -1,0 +1,280 @@
+"""Properties of the layers beyond their gradients: consistency, stability, masking, dtypes, truncated BPTT."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from minicap import gradcheck, nn
+
+
+def _lstm_inputs(rng, N=3, T=7, D=4, H=5, dtype=np.float64):
+    return (
+        rng.standard_normal((N, T, D)).astype(dtype),
+        rng.standard_normal((N, H)).astype(dtype),
+        (rng.standard_normal((D, 4 * H)) * 0.5).astype(dtype),
+        (rng.standard_normal((H, 4 * H)) * 0.5).astype(dtype),
+        (rng.standard_normal(4 * H) * 0.5).astype(dtype),
+    )
+
+
+def _rnn_inputs(rng, N=3, T=7, D=4, H=5, dtype=np.float64):
+    x, h0, Wx, Wh, b = _lstm_inputs(rng, N, T, D, H, dtype)
+    return x, h0, Wx[:, :H].copy(), Wh[:, :H].copy(), b[:H].copy()
+
+
+# ------------------------------------------------------------------------------------------ stable pieces
+
+
+def test_sigmoid_is_exact_and_never_overflows():
+    x = np.array([-1e4, -800.0, -100.0, -30.0, -1.0, 0.0, 1.0, 30.0, 100.0, 800.0, 1e4])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is harmless
+        s64 = nn.sigmoid(x)
+        s32 = nn.sigmoid(x.astype(np.float32))
+    xl = x.astype(np.longdouble)  # an independent reference: the two-branch formula in extended precision
+    with np.errstate(over="ignore", under="ignore"):
+        exact = np.where(x < 0, np.exp(xl) / (1 + np.exp(xl)), 1 / (1 + np.exp(-xl))).astype(np.float64)
+    np.testing.assert_allclose(s64, exact, rtol=1e-15, atol=1e-300)
+    np.testing.assert_allclose(s32, exact, rtol=1e-6, atol=1e-30)
+    assert s32.dtype == np.float32 and np.all((s64 >= 0) & (s64 <= 1))
+    out = np.empty(3, np.float32)
+    assert nn.sigmoid(np.zeros(3, np.float32), out=out) is out and np.all(out == 0.5)
+
+
+def test_log_softmax_is_stable():
+    x = np.array([[1e4, -1e4, 0.0], [1.0, 2.0, 3.0]])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        ls = nn.log_softmax(x)
+    assert np.all(np.isfinite(ls))
+    np.testing.assert_allclose(np.exp(ls).sum(axis=1), 1.0)
+    np.testing.assert_allclose(ls[1], x[1] - np.log(np.exp(x[1]).sum()))
+
+
+def test_masked_loss_is_finite_for_huge_logits_and_fully_masked_rows(rng):
+    N, T, V = 2, 3, 5
+    logits = rng.choice([-1e4, 1e4], size=(N, T, V))
+    targets = rng.integers(0, V, size=(N, T))
+    mask = np.array([[True, True, False], [False, False, False]])  # second row: every target masked
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        loss, dlogits = nn.temporal_softmax_loss(logits, targets, mask)
+    assert np.isfinite(loss) and np.all(np.isfinite(dlogits))
+    assert np.all(dlogits[~mask] == 0.0)  # exactly zero, not merely small
+
+    none_counted, dnone = nn.temporal_softmax_loss(logits, targets, np.zeros((N, T), bool))
+    assert none_counted == 0.0 and np.all(dnone == 0.0)
+
+
+def test_masked_loss_value_matches_definition(rng):
+    N, T, V = 3, 4, 6
+    logits = rng.standard_normal((N, T, V))
+    targets = rng.integers(0, V, size=(N, T))
+    mask = rng.random((N, T)) > 0.4
+    loss, _ = nn.temporal_softmax_loss(logits, targets, mask)
+    log_p = nn.log_softmax(logits)
+    expected = -sum(log_p[n, t, targets[n, t]] for n in range(N) for t in range(T) if mask[n, t]) / N
+    assert loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_word_embedding_rejects_out_of_range_ids():
+    with pytest.raises(IndexError, match=r"\[0, 4\)"):
+        nn.word_embedding_forward(np.array([[0, 4]]), np.zeros((4, 2)))
+
+
+# ------------------------------------------------------------------------------ sequences against steps
+
+
+def test_lstm_forward_equals_a_loop_of_steps(rng):
+    x, h0, Wx, Wh, b = _lstm_inputs(rng)
+    c0 = rng.standard_normal(h0.shape)
+    h_seq, cache = nn.lstm_forward(x, h0, Wx, Wh, b, c0=c0)
+    h, c = h0, c0
+    for t in range(x.shape[1]):
+        h, c, _ = nn.lstm_step_forward(x[:, t], h, c, Wx, Wh, b)
+        np.testing.assert_allclose(h_seq[:, t], h, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cache.c_last, c, rtol=0, atol=1e-12)
+
+
+def test_lstm_backward_equals_a_loop_of_step_backwards(rng):
+    x, h0, Wx, Wh, b = _lstm_inputs(rng)
+    N, T, _ = x.shape
+    dh = rng.standard_normal((N, T, h0.shape[1]))
+    _, cache = nn.lstm_forward(x, h0, Wx, Wh, b)
+    g = nn.lstm_backward(dh, cache)
+
+    steps, h, c = [], h0, np.zeros_like(h0)
+    for t in range(T):
+        h, c, step_cache = nn.lstm_step_forward(x[:, t], h, c, Wx, Wh, b)
+        steps.append(step_cache)
+    dnext_h, dnext_c = np.zeros_like(h0), np.zeros_like(h0)
+    dWx, dWh, db = np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)
+    dx = np.zeros_like(x)
+    for t in reversed(range(T)):
+        dx[:, t], dnext_h, dnext_c, dWx_t, dWh_t, db_t = nn.lstm_step_backward(dnext_h + dh[:, t], dnext_c, steps[t])
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    for got, want in [(g.dx, dx), (g.dh0, dnext_h), (g.dc0, dnext_c), (g.dWx, dWx), (g.dWh, dWh), (g.db, db)]:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_rnn_forward_and_backward_equal_loops_of_steps(rng):
+    x, h0, Wx, Wh, b = _rnn_inputs(rng)
+    N, T, _ = x.shape
+    h_seq, cache = nn.rnn_forward(x, h0, Wx, Wh, b)
+    dh = rng.standard_normal(h_seq.shape)
+    g = nn.rnn_backward(dh, cache)
+
+    steps, h = [], h0
+    for t in range(T):
+        h, step_cache = nn.rnn_step_forward(x[:, t], h, Wx, Wh, b)
+        np.testing.assert_allclose(h_seq[:, t], h, rtol=0, atol=1e-12)
+        steps.append(step_cache)
+    dnext_h = np.zeros_like(h0)
+    dWx, dWh, db = np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)
+    for t in reversed(range(T)):
+        dx_t, dnext_h, dWx_t, dWh_t, db_t = nn.rnn_step_backward(dnext_h + dh[:, t], steps[t])
+        np.testing.assert_allclose(g.dx[:, t], dx_t, rtol=0, atol=1e-12)
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    for got, want in [(g.dh0, dnext_h), (g.dWx, dWx), (g.dWh, dWh), (g.db, db)]:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_a_batch_equals_its_examples_one_at_a_time(rng, cell):
+    inputs = _lstm_inputs(rng) if cell == "lstm" else _rnn_inputs(rng)
+    forward, backward = (nn.lstm_forward, nn.lstm_backward) if cell == "lstm" else (nn.rnn_forward, nn.rnn_backward)
+    x, h0, Wx, Wh, b = inputs
+    h, cache = forward(x, h0, Wx, Wh, b)
+    dh = rng.standard_normal(h.shape)
+    g = backward(dh, cache)
+    dW_sum = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+    for n in range(x.shape[0]):
+        h_n, cache_n = forward(x[n : n + 1], h0[n : n + 1], Wx, Wh, b)
+        np.testing.assert_allclose(h_n[0], h[n], rtol=0, atol=1e-12)
+        g_n = backward(dh[n : n + 1], cache_n)
+        np.testing.assert_allclose(g_n.dx[0], g.dx[n], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(g_n.dh0[0], g.dh0[n], rtol=0, atol=1e-12)
+        dW_sum = [a + b_ for a, b_ in zip(dW_sum, (g_n.dWx, g_n.dWh, g_n.db), strict=True)]
+    for got, want in zip((g.dWx, g.dWh, g.db), dW_sum, strict=True):  # weight gradients add over examples
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_lstm_torch_order_conversion_is_a_permutation(rng):
+    H, D = 3, 2
+    w_ih, w_hh = rng.standard_normal((4 * H, D)), rng.standard_normal((4 * H, H))
+    b_ih, b_hh = rng.standard_normal(4 * H), rng.standard_normal(4 * H)
+    Wx, Wh, b = nn.lstm_weights_from_torch_order(w_ih, w_hh, b_ih, b_hh)
+    # torch: i f g o ; minicap: i f o g
+    np.testing.assert_array_equal(Wx[:, 2 * H : 3 * H], w_ih[3 * H :].T)  # o
+    np.testing.assert_array_equal(Wx[:, 3 * H :], w_ih[2 * H : 3 * H].T)  # g
+    np.testing.assert_array_equal(Wh[:, :H], w_hh[:H].T)
+    np.testing.assert_allclose(b[3 * H :], b_ih[2 * H : 3 * H] + b_hh[2 * H : 3 * H])
+
+
+def test_lstm_matches_pytorch():
+    """An independent implementation (PyTorch's nn.LSTM, float64) gives the same outputs and gradients."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    N, T, D, H = 3, 6, 4, 5
+    lstm = torch.nn.LSTM(D, H, batch_first=True).double()
+    x = rng.standard_normal((N, T, D))
+    h0 = rng.standard_normal((N, H))
+    c0 = rng.standard_normal((N, H))
+    dh = rng.standard_normal((N, T, H))
+    xt = torch.tensor(x, requires_grad=True)
+    h0t = torch.tensor(h0[None], requires_grad=True)
+    c0t = torch.tensor(c0[None], requires_grad=True)
+    out, _ = lstm(xt, (h0t, c0t))
+    out.backward(torch.tensor(dh))
+
+    p = {k: v.detach().numpy() for k, v in lstm.named_parameters()}
+    Wx, Wh, b = nn.lstm_weights_from_torch_order(p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
+    h, cache = nn.lstm_forward(x, h0, Wx, Wh, b, c0=c0)
+    g = nn.lstm_backward(dh, cache)
+    np.testing.assert_allclose(h, out.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dh0, h0t.grad.numpy()[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dc0, c0t.grad.numpy()[0], rtol=0, atol=1e-12)
+    grads = {k: v.grad.numpy() for k, v in lstm.named_parameters()}
+    dWx, dWh, db = nn.lstm_weights_from_torch_order(
+        grads["weight_ih_l0"], grads["weight_hh_l0"], grads["bias_ih_l0"], np.zeros(4 * H)
+    )
+    np.testing.assert_allclose(g.dWx, dWx, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dWh, dWh, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.db, db, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------- dtype and speed rules
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_float32_stays_float32(rng, cell):
+    inputs = _lstm_inputs(rng, dtype=np.float32) if cell == "lstm" else _rnn_inputs(rng, dtype=np.float32)
+    forward, backward = (nn.lstm_forward, nn.lstm_backward) if cell == "lstm" else (nn.rnn_forward, nn.rnn_backward)
+    h, cache = forward(*inputs)
+    assert h.dtype == np.float32
+    assert all(a.dtype == np.float32 for a in cache if isinstance(a, np.ndarray))
+    grads = backward(np.ones_like(h), cache)
+    assert all(g.dtype == np.float32 for g in grads)
+    logits = rng.standard_normal((2, 3, 7)).astype(np.float32)
+    loss, dlogits = nn.temporal_softmax_loss(logits, np.zeros((2, 3), int), np.ones((2, 3), bool))
+    assert loss.dtype == np.float32 and dlogits.dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------------ truncated BPTT
+
+
+def test_truncated_bptt_forward_equals_full_forward(rng):
+    x, h0, Wx, Wh, b = _lstm_inputs(rng, T=12)
+    c0 = rng.standard_normal(h0.shape)
+    h_full, cache = nn.lstm_forward(x, h0, Wx, Wh, b, c0=c0)
+    for chunk in (1, 4, 5, 12, 50):
+        h_chunked, caches = nn.lstm_forward_truncated(x, h0, c0, Wx, Wh, b, chunk_size=chunk)
+        assert len(caches) == -(-12 // chunk)
+        np.testing.assert_array_equal(h_chunked, h_full)  # the state is carried exactly: bit-identical
+        np.testing.assert_array_equal(caches[-1].c_last, cache.c_last)
+
+
+def test_truncated_bptt_gradients(rng):
+    """One chunk = full BPTT; several chunks = the sum of each chunk's gradient with its start state held fixed."""
+    x, h0, Wx, Wh, b = _lstm_inputs(rng, T=9)
+    c0 = np.zeros_like(h0)
+    dh = rng.standard_normal((x.shape[0], 9, h0.shape[1]))
+
+    full = nn.lstm_backward(dh, nn.lstm_forward(x, h0, Wx, Wh, b)[1])
+    one_chunk = nn.lstm_backward_truncated(dh, nn.lstm_forward_truncated(x, h0, c0, Wx, Wh, b, chunk_size=9)[1])
+    for got, want in zip(one_chunk, full, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+    _, caches = nn.lstm_forward_truncated(x, h0, c0, Wx, Wh, b, chunk_size=4)
+    truncated = nn.lstm_backward_truncated(dh, caches)
+    # The same quantity numerically: each chunk restarts from the carried state as a CONSTANT.
+    starts = [(h0, c0)] + [(c.h_last.copy(), c.c_last.copy()) for c in caches[:-1]]
+
+    def chunked_objective() -> float:
+        total = 0.0
+        for k, (h_start, c_start) in enumerate(starts):
+            sl = slice(4 * k, 4 * k + 4)
+            h_k, _ = nn.lstm_forward(x[:, sl], h_start, Wx, Wh, b, c0=c_start)
+            total += np.sum(h_k * dh[:, sl])
+        return total
+
+    for name, param, grad in [("Wx", Wx, truncated.dWx), ("Wh", Wh, truncated.dWh), ("b", b, truncated.db)]:
+        numeric = gradcheck.numerical_gradient(chunked_objective, param)
+        assert gradcheck.rel_error(grad, numeric) < 1e-6, name
+    assert gradcheck.rel_error(truncated.dWh, full.dWh) > 1e-3  # truncation really drops long paths
+    np.testing.assert_allclose(truncated.dx[:, :4], nn.lstm_backward(dh[:, :4], caches[0]).dx, atol=1e-12)
+
+
+def test_truncated_bptt_rejects_bad_chunk(rng):
+    x, h0, Wx, Wh, b = _lstm_inputs(rng)
+    with pytest.raises(ValueError, match="chunk_size"):
+        nn.lstm_forward_truncated(x, h0, None, Wx, Wh, b, chunk_size=0)
+
+
+def test_no_warnings_in_normal_use(rng):
+    x, h0, Wx, Wh, b = _lstm_inputs(rng, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h, cache = nn.lstm_forward(x * 100, h0, Wx * 100, Wh, b)  # saturated gates
+        nn.lstm_backward(np.ones_like(h), cache)
