@@ -1,0 +1,746 @@
+"""Tests for minicap.features: the safe pickled FeatureStore and resumable extraction through ONNX Runtime.
+
+Almost everything runs a tiny encoder built here with onnx.helper (3x3 conv, ReLU, global average pool, 32x32
+input) that follows the same file contract as minicap.encoders' real graphs, so the tests take seconds. The
+real EfficientNet-Lite0 graph is checked once against the shared reference outputs (skipped when absent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+import minicap.features as features_mod
+from minicap.encoders.spec import EncoderSpec, load_rgb
+from minicap.features import (
+    FeatureStore,
+    FeatureStoreError,
+    MissingFeaturesError,
+    OnnxEncoder,
+    coco_image_paths,
+    extract_features,
+    load_image_tensor,
+)
+from minicap.safe_io import UnsafePickleError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# ------------------------------------------------------------------------------------------ the tiny encoder
+
+
+def make_tiny_encoder(path: Path, size: int = 32, channels: int = 8, seed: int = 0) -> EncoderSpec:
+    """Write an encoder ONNX file with minicap's contract: `image` (N,3,S,S) -> `features` (N,C),
+    `logits` (N,1000), `spatial` (N,S/4,S/4,C) NHWC, plus the minicap.* metadata. Returns its EncoderSpec."""
+    h = size // 4
+    spec = EncoderSpec(
+        arch="tiny_test",
+        input_size=size,
+        resize_shorter=size + 4,
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        feature_size=channels,
+        spatial_shape=(h, h, channels),
+    )
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(channels)).astype(np.float32), "conv_b"),
+        numpy_helper.from_array(rng.standard_normal((1000, channels)).astype(np.float32), "fc_w"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["image", "conv_w", "conv_b"],
+            ["conv"],
+            kernel_shape=[3, 3],
+            strides=[4, 4],
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Relu", ["conv"], ["act"]),
+        helper.make_node("Transpose", ["act"], ["spatial"], perm=[0, 2, 3, 1]),
+        helper.make_node("GlobalAveragePool", ["act"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+        helper.make_node("Gemm", ["features", "fc_w"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_encoder",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", channels]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000]),
+            helper.make_tensor_value_info("spatial", TensorProto.FLOAT, ["N", h, h, channels]),
+        ],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(
+        model,
+        {
+            "minicap.arch": spec.arch,
+            "minicap.encoder_spec": spec.to_json(),
+            "minicap.weights_sha256": "0" * 64,
+        },
+    )
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return spec
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("encoder") / "tiny.onnx"
+    make_tiny_encoder(path)
+    return path
+
+
+def small_store(n: int = 5, f: int = 4, spatial: bool = False, sha: str = "a" * 64) -> FeatureStore:
+    rng = np.random.default_rng(n)
+    return FeatureStore(
+        ids=np.arange(100, 100 + n, dtype=np.int64)[::-1].copy(),
+        features=rng.standard_normal((n, f)).astype(np.float32),
+        manifest={
+            "architecture": "tiny_test",
+            "onnx_sha256": sha,
+            "skipped": [{"id": 7, "path": "x", "reason": "r"}],
+        },
+        spatial=rng.standard_normal((n, 2, 2, f)).astype(np.float16) if spatial else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------- store: basics
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_save_load_round_trip(tmp_path, spatial):
+    store = small_store(spatial=spatial)
+    store.save(tmp_path / "f.pkl")
+    back = FeatureStore.load(tmp_path / "f.pkl")
+    np.testing.assert_array_equal(back.ids, store.ids)
+    np.testing.assert_array_equal(back.features, store.features)
+    assert back.features.dtype == np.float32 and back.ids.dtype == np.int64
+    assert back.manifest == store.manifest
+    if spatial:
+        assert back.spatial.dtype == np.float16
+        np.testing.assert_array_equal(back.spatial, store.spatial)
+        assert back.spatial_shape == (2, 2, 4)
+    else:
+        assert back.spatial is None and back.spatial_shape is None
+    assert back.feature_size == 4 and len(back) == 5
+
+
+def test_lookup_returns_rows_in_requested_order():
+    store = small_store()
+    got = store.lookup([102, 100, 104])
+    order = {int(i): r for r, i in enumerate(store.ids)}
+    np.testing.assert_array_equal(got, store.features[[order[102], order[100], order[104]]])
+    assert store.lookup(np.array([], dtype=np.int64)).shape == (0, 4)
+    assert store.rows([]).shape == (0,)
+    assert 101 in store and 999 not in store and "101" not in store
+
+
+def test_lookup_missing_ids_one_clear_error():
+    store = small_store()
+    with pytest.raises(MissingFeaturesError) as info:
+        store.lookup([100, 1, 2, 3, 4, 5, 6, 7, 101])
+    err = info.value
+    assert isinstance(err, KeyError)
+    assert err.missing == [1, 2, 3, 4, 5, 6, 7]
+    msg = str(err)
+    assert msg.startswith("7 of 9 requested image ids have no features")
+    assert "first: 1, 2, 3, 4, 5, ..." in msg and "'" not in msg[:3]  # not KeyError's quoted repr
+
+
+def test_check_feature_size():
+    store = small_store(f=4)
+    store.check_feature_size(4)
+    with pytest.raises(FeatureStoreError, match=r"the decoder expects 1280-d image features.*holds 4-d"):
+        store.check_feature_size(1280, what="decoder")
+
+
+def test_subset_and_merge():
+    store = small_store(n=5, spatial=True)
+    sub = store.subset([103, 101])
+    np.testing.assert_array_equal(sub.ids, [103, 101])
+    np.testing.assert_array_equal(sub.features, store.lookup([103, 101]))
+    np.testing.assert_array_equal(sub.spatial, store.lookup_spatial([103, 101]))
+
+    other = FeatureStore(
+        ids=np.array([101, 200], np.int64),
+        features=np.full((2, 4), 9.0, np.float32),
+        manifest={"onnx_sha256": "a" * 64, "skipped": [{"id": 200, "path": "y", "reason": "old"}]},
+        spatial=np.zeros((2, 2, 2, 4), np.float16),
+    )
+    merged = sub.merge(other)
+    assert sorted(merged.ids.tolist()) == [101, 103, 200]
+    np.testing.assert_array_equal(merged.lookup([101]), store.lookup([101]))  # self's row wins on overlap
+    np.testing.assert_array_equal(merged.lookup([200]), np.full((1, 4), 9.0, np.float32))
+    assert [s["id"] for s in merged.skipped] == [7]  # 200 now has features, so it is no longer "skipped"
+
+    foreign = small_store(sha="b" * 64, spatial=True)
+    with pytest.raises(FeatureStoreError, match="different encoders"):
+        store.merge(foreign)
+    with pytest.raises(FeatureStoreError, match="spatial"):
+        store.merge(small_store(spatial=False))
+
+
+def test_constructor_and_save_validate():
+    ids = np.array([1, 2], np.int64)
+    with pytest.raises(FeatureStoreError, match="float32"):
+        FeatureStore(ids, np.zeros((2, 3), np.float64))
+    with pytest.raises(FeatureStoreError, match="int64"):
+        FeatureStore(ids.astype(np.int32), np.zeros((2, 3), np.float32))
+    with pytest.raises(FeatureStoreError, match="2 ids but 3 feature rows"):
+        FeatureStore(ids, np.zeros((3, 3), np.float32))
+    with pytest.raises(FeatureStoreError, match=r"unique; repeated: \[1\]"):
+        FeatureStore(np.array([1, 1], np.int64), np.zeros((2, 3), np.float32))
+    with pytest.raises(FeatureStoreError, match="spatial"):
+        FeatureStore(ids, np.zeros((2, 3), np.float32), spatial=np.zeros((2, 3), np.float32))
+
+
+def test_save_refuses_non_builtin_manifest_values(tmp_path):
+    """Anything but builtins would need more globals than the restricted loader allows."""
+    store = FeatureStore(np.array([1], np.int64), np.zeros((1, 3), np.float32), manifest={"bad": np.float32(1)})
+    with pytest.raises(TypeError, match=r"manifest\['bad'\] is a float32; a manifest holds only builtins"):
+        store.save(tmp_path / "f.pkl")
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ store: safety
+
+
+class _Payload:
+    """Pickles as a call to `func(*args)`: how a malicious pickle runs code at load time."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _malicious_payloads(marker: Path) -> dict[str, object]:
+    import builtins
+    import subprocess as sp
+
+    return {
+        "os.system": _Payload(os.system, f"touch {marker}"),
+        "builtins.eval": _Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+        "subprocess.Popen": _Payload(sp.Popen, ["touch", str(marker)]),
+        "builtins.exec": _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
+    }
+
+
+# payload -> the global its pickle names (os.system lives in the `posix` module on Linux)
+_PICKLED_AS = {"os.system": os.system.__module__ + ".system", "builtins.eval": "builtins.eval"}
+_PICKLED_AS |= {"subprocess.Popen": "subprocess.Popen", "builtins.exec": "builtins.exec"}
+
+
+@pytest.mark.parametrize("name", sorted(_PICKLED_AS))
+def test_load_refuses_code_execution(tmp_path, name):
+    marker = tmp_path / "pwned"
+    evil = _malicious_payloads(marker)[name]
+    # Hidden inside an otherwise well-formed store, where the manifest would be.
+    store = small_store()
+    payload = {"format": features_mod.FORMAT, "ids": store.ids, "features": store.features, "manifest": evil}
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload, protocol=4))
+    with pytest.raises(UnsafePickleError, match=rf"refusing to load feature store .*evil\.pkl.*'{_PICKLED_AS[name]}'"):
+        FeatureStore.load(tmp_path / "evil.pkl")
+    assert not marker.exists()
+
+
+def test_malicious_payload_is_live(tmp_path):
+    """The os.system payload really runs under plain pickle.loads, so the refusal test above can fail."""
+    marker = tmp_path / "pwned"
+    data = pickle.dumps({"manifest": _malicious_payloads(marker)["os.system"]})
+    with pytest.raises(UnsafePickleError):
+        FeatureStore.load(_write(tmp_path / "x.pkl", data))
+    assert not marker.exists()
+    pickle.loads(data)  # the unsafe way, on our own harmless `touch`
+    assert marker.exists()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_load_accepts_numpy1_module_names(tmp_path):
+    """Pickles written by NumPy 1.x name `numpy.core.multiarray`; NumPy 2 calls it `numpy._core`."""
+    store = small_store()
+    payload = {"format": features_mod.FORMAT, "ids": store.ids, "features": store.features, "manifest": {}}
+    data = pickle.dumps(payload, protocol=3)  # protocol 3 spells globals as text lines: easy to rename
+    assert b"cnumpy._core.multiarray\n_reconstruct" in data
+    data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    back = FeatureStore.load(_write(tmp_path / "old.pkl", data))
+    np.testing.assert_array_equal(back.features, store.features)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([1, 2, 3], "holds a list, not a dict"),
+        ({"ids": 1}, "not a feature store of format"),
+        (
+            {"format": "minicap.features/1", "ids": np.zeros(2, np.int64)},
+            r"lacks the keys \['features', 'manifest'\]",
+        ),
+        (
+            {
+                "format": "minicap.features/1",
+                "ids": np.array([3, 3], np.int64),
+                "features": np.zeros((2, 2), np.float32),
+                "manifest": {},
+            },
+            r"unique; repeated: \[3\]",
+        ),
+        (
+            {
+                "format": "minicap.features/1",
+                "ids": np.array([1, 2], np.int64),
+                "features": np.zeros((2, 2), np.float64),
+                "manifest": {},
+            },
+            "features must be a 2-D float32 array",
+        ),
+        (
+            {
+                "format": "minicap.features/1",
+                "ids": np.array([1, 2], np.int64),
+                "features": np.zeros((2, 2), np.float32),
+                "spatial": np.zeros((3, 1, 1, 2), np.float16),
+                "manifest": {},
+            },
+            "2 ids but 3 spatial maps",
+        ),
+    ],
+)
+def test_load_validates_contents(tmp_path, payload, message):
+    path = _write(tmp_path / "bad.pkl", pickle.dumps(payload, protocol=5))
+    with pytest.raises(FeatureStoreError, match=message):
+        FeatureStore.load(path)
+
+
+def test_load_truncated_and_missing_files(tmp_path):
+    small_store().save(tmp_path / "f.pkl")
+    data = (tmp_path / "f.pkl").read_bytes()
+    with pytest.raises(FeatureStoreError, match="truncated or corrupt"):
+        FeatureStore.load(_write(tmp_path / "cut.pkl", data[: len(data) // 2]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FeatureStore.load(tmp_path / "nope.pkl")
+
+
+def test_failed_save_leaves_previous_file_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "f.pkl"
+    old = small_store(n=3)
+    old.save(path)
+
+    def dump_half_then_fail(payload, f):
+        f.write(pickle.dumps(payload)[:100])
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(features_mod, "_dump", dump_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        small_store(n=6).save(path)
+    back = FeatureStore.load(path)
+    np.testing.assert_array_equal(back.ids, old.ids)
+    np.testing.assert_array_equal(back.features, old.features)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.pkl"]  # no temporary file left behind
+
+
+# ----------------------------------------------------------------------------------- images for extraction
+
+
+def _exif_rotated_jpeg(path: Path) -> None:
+    """A 96x48 JPEG whose EXIF orientation 6 says "rotate 90 degrees clockwise to display"."""
+    x = np.zeros((48, 96, 3), np.uint8)
+    x[..., 0] = np.linspace(0, 255, 96, dtype=np.uint8)[None, :]  # red ramp left -> right
+    x[:20, :30, 1] = 255  # a green block in the top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(x).save(path, quality=95, exif=exif)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory, request):
+    """Real COCO photos plus every kind of awkward or broken file: (dir, {id: path}, {bad id: reason})."""
+    coco = request.getfixturevalue("shared_coco")
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    real = sorted((coco / "images").glob("*.jpg"))[:6]
+    paths: dict[int, Path] = {}
+    for src in real:
+        shutil.copy(src, d / src.name)
+        paths[int(src.stem)] = d / src.name
+    noise = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+
+    def add(image_id: int, name: str) -> Path:
+        paths[image_id] = d / name
+        return d / name
+
+    noise.convert("CMYK").save(add(900001, "cmyk.jpg"))
+    rgba = noise.convert("RGBA")
+    rgba.putalpha(Image.fromarray(rng.integers(0, 256, (60, 80), dtype=np.uint8)))
+    rgba.save(add(900002, "rgba.png"))
+    noise.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(add(900003, "palette.png"))
+    noise.convert("L").save(add(900004, "gray.jpg"))
+    _exif_rotated_jpeg(add(900005, "exif6.jpg"))
+    # The same JPEG pixels without EXIF: as stored, and rotated by hand (lossless PNGs).
+    with Image.open(d / "exif6.jpg") as raw:
+        raw_rgb = raw.convert("RGB")
+    raw_rgb.save(add(900006, "exif6_as_stored.png"))
+    raw_rgb.transpose(Image.Transpose.ROTATE_270).save(add(900007, "exif6_rotated_by_hand.png"))
+    data = real[0].read_bytes()
+    add(910001, "truncated.jpg").write_bytes(data[: len(data) // 3])
+    add(910002, "text.jpg").write_text("this is not a JPEG\n")
+    add(910003, "empty.jpg").write_bytes(b"")
+    add(910004, "missing.jpg")  # never created
+    bad = {910001: "truncated", 910002: "not an image", 910003: "empty file", 910004: "file not found"}
+    return d, paths, bad
+
+
+@pytest.fixture(scope="module")
+def full_run(image_dir, tiny_encoder, tmp_path_factory) -> FeatureStore:
+    """One uninterrupted extraction over image_dir, the reference the other runs are compared with."""
+    _, paths, _ = image_dir
+    out = tmp_path_factory.mktemp("full") / "features.pkl"
+    return extract_features(paths, tiny_encoder, out, batch_size=4, workers=2, spatial=True, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+
+
+def test_extraction_keeps_good_images_and_lists_bad_ones(image_dir, full_run, tiny_encoder):
+    _, paths, bad = image_dir
+    good = sorted(set(paths) - set(bad))
+    assert full_run.ids.tolist() == good  # saved sorted by id
+    skipped = {s["id"]: s for s in full_run.manifest["skipped"]}
+    assert sorted(skipped) == sorted(bad)
+    for image_id, words in bad.items():
+        assert words in skipped[image_id]["reason"], skipped[image_id]
+        assert skipped[image_id]["path"] == str(paths[image_id])
+    assert full_run.manifest["extraction"] == {
+        **full_run.manifest["extraction"],
+        "requested": len(paths),
+        "reused": 0,
+        "extracted": len(good),
+        "skipped": len(bad),
+    }
+    # Every feature equals running the encoder by hand on that one image.
+    encoder = OnnxEncoder(tiny_encoder)
+    x = np.stack([load_image_tensor(paths[i], encoder.spec) for i in good])
+    expected, expected_maps = encoder.run(x, spatial=True)
+    np.testing.assert_allclose(full_run.features, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full_run.spatial.astype(np.float32), expected_maps, rtol=1e-3, atol=1e-3)
+    assert full_run.spatial.dtype == np.float16 and full_run.spatial_shape == (8, 8, 8)
+
+
+def test_manifest_records_encoder_and_preprocessing(full_run, tiny_encoder):
+    import hashlib
+
+    m = full_run.manifest
+    assert m["architecture"] == "tiny_test"
+    assert m["onnx_sha256"] == hashlib.sha256(tiny_encoder.read_bytes()).hexdigest()
+    assert m["weights_sha256"] == "0" * 64
+    assert full_run.spec == EncoderSpec.from_json(onnx.load(str(tiny_encoder)).metadata_props[1].value)
+    assert m["minicap_version"] and m["created_utc"].endswith("+00:00")
+
+
+def test_odd_modes_are_converted_and_exif_orientation_honoured(image_dir, full_run):
+    _, paths, _ = image_dir
+    for image_id in (900001, 900002, 900003, 900004):  # CMYK, RGBA, palette, grayscale
+        assert image_id in full_run and np.isfinite(full_run.lookup([image_id])).all()
+    assert load_rgb(paths[900005]).size == (48, 96)  # displayed upright: the 96x48 file turned on its side
+    exif, by_hand, as_stored = full_run.lookup([900005, 900007, 900006])
+    np.testing.assert_allclose(exif, by_hand, rtol=1e-5, atol=1e-6)
+    assert np.abs(exif - as_stored).max() > 1e-2  # and the rotation changed what the encoder saw
+
+
+def test_rerun_reuses_everything(image_dir, full_run, tiny_encoder, tmp_path, monkeypatch):
+    _, paths, bad = image_dir
+    out = tmp_path / "f.pkl"
+    full_run.save(out)
+    decoded = _count_decodes(monkeypatch)
+    again = extract_features(paths, tiny_encoder, out, batch_size=4, spatial=True, progress=False)
+    assert sorted(decoded) == sorted(str(paths[i]) for i in bad)  # only the failures are retried
+    assert again.manifest["extraction"]["reused"] == len(paths) - len(bad)
+    np.testing.assert_array_equal(again.features, full_run.features)
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    decoded: list[str] = []
+    real = features_mod.load_image_tensor
+
+    def counting(path, spec):
+        decoded.append(str(path))
+        return real(path, spec)
+
+    monkeypatch.setattr(features_mod, "load_image_tensor", counting)
+    return decoded
+
+
+def test_resume_after_a_crash_computes_only_missing_ids(image_dir, full_run, tiny_encoder, tmp_path, monkeypatch):
+    _, paths, bad = image_dir
+    out = tmp_path / "features.pkl"
+    real_run = OnnxEncoder.run
+    calls = {"n": 0}
+
+    def crash_on_third_batch(self, images, spatial=False):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return real_run(self, images, spatial)
+
+    monkeypatch.setattr(OnnxEncoder, "run", crash_on_third_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract_features(paths, tiny_encoder, out, batch_size=4, save_every=4, spatial=True, progress=False)
+    monkeypatch.setattr(OnnxEncoder, "run", real_run)
+    assert not out.exists()
+    parts = sorted((tmp_path / "features.pkl.parts").glob("part-*.pkl"))
+    assert len(parts) == 2  # one chunk per batch before the crash
+    saved = np.concatenate([FeatureStore.load(p).ids for p in parts])
+
+    decoded = _count_decodes(monkeypatch)
+    resumed = extract_features(paths, tiny_encoder, out, batch_size=4, save_every=4, spatial=True, progress=False)
+    assert sorted(decoded) == sorted(str(paths[i]) for i in paths if i not in saved)
+    assert resumed.manifest["extraction"]["reused"] == len(saved)
+    _assert_same_store(resumed, full_run)
+    _assert_same_store(FeatureStore.load(out), full_run)
+    assert not (tmp_path / "features.pkl.parts").exists()  # chunks folded into the final file
+
+
+def _assert_same_store(a: FeatureStore, b: FeatureStore) -> None:
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.spatial.astype(np.float32), b.spatial.astype(np.float32), rtol=1e-3, atol=1e-3)
+    assert a.manifest["skipped"] == b.manifest["skipped"]
+
+
+_KILLABLE_RUN = """
+import sys, time
+from pathlib import Path
+import minicap.features as fm
+
+paths = {int(k): v for k, v in __import__("json").loads(Path(sys.argv[1]).read_text()).items()}
+marker = Path(sys.argv[4])
+real_save = fm.FeatureStore.save
+
+def save_then_hang(self, path):
+    real_save(self, path)
+    if ".parts" in str(path):  # the first partial save is on disk: signal the test and wait to be killed
+        marker.touch()
+        time.sleep(120)
+
+fm.FeatureStore.save = save_then_hang
+fm.extract_features(paths, sys.argv[2], sys.argv[3], batch_size=4, save_every=8, spatial=True, progress=False)
+"""
+
+
+def test_killed_run_resumes_to_the_same_features(image_dir, full_run, tiny_encoder, tmp_path, monkeypatch):
+    _, paths, _ = image_dir
+    out, marker = tmp_path / "features.pkl", tmp_path / "first-chunk-saved"
+    (tmp_path / "paths.json").write_text(json.dumps({str(k): str(v) for k, v in paths.items()}))
+    (tmp_path / "run.py").write_text(textwrap.dedent(_KILLABLE_RUN))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    args = [
+        sys.executable,
+        str(tmp_path / "run.py"),
+        str(tmp_path / "paths.json"),
+        str(tiny_encoder),
+        str(out),
+    ]
+    proc = subprocess.Popen([*args, str(marker)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the extraction subprocess never saved a chunk"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    parts = list((tmp_path / "features.pkl.parts").glob("part-*.pkl"))
+    assert len(parts) == 1
+    saved = FeatureStore.load(parts[0]).ids
+    assert len(saved) == 8
+
+    decoded = _count_decodes(monkeypatch)
+    resumed = extract_features(paths, tiny_encoder, out, batch_size=4, save_every=8, spatial=True, progress=False)
+    assert len(decoded) == len(paths) - 8
+    assert not set(decoded) & {str(paths[i]) for i in saved.tolist()}
+    _assert_same_store(resumed, full_run)
+
+
+def test_refuses_to_mix_encoders_or_spatial_settings(image_dir, full_run, tmp_path):
+    _, paths, _ = image_dir
+    out = tmp_path / "f.pkl"
+    full_run.save(out)
+    before = out.read_bytes()
+    other = tmp_path / "other.onnx"
+    make_tiny_encoder(other, seed=1)
+    with pytest.raises(FeatureStoreError, match="another encoder"):
+        extract_features(paths, other, out, spatial=True, progress=False)
+    assert out.read_bytes() == before
+    with pytest.raises(FeatureStoreError, match="with spatial maps but this run asks spatial=False"):
+        extract_features(paths, full_run_encoder(tmp_path, full_run), out, spatial=False, progress=False)
+
+
+def full_run_encoder(tmp_path: Path, store: FeatureStore) -> Path:
+    """Rebuild the tiny encoder (deterministic from its seed): the very file `store` came from."""
+    path = tmp_path / "again.onnx"
+    make_tiny_encoder(path)
+    assert OnnxEncoder(path).sha256 == store.manifest["onnx_sha256"]
+    return path
+
+
+@pytest.mark.parametrize(("workers", "pool"), [(0, "thread"), (1, "process")])
+def test_same_features_without_overlap_or_with_processes(image_dir, full_run, tiny_encoder, tmp_path, workers, pool):
+    _, paths, _ = image_dir
+    store = extract_features(
+        paths,
+        tiny_encoder,
+        tmp_path / "f.pkl",
+        batch_size=5,
+        workers=workers,
+        pool=pool,
+        spatial=True,
+        progress=False,
+    )
+    _assert_same_store(store, full_run)
+
+
+def test_extraction_without_spatial_and_input_errors(image_dir, tiny_encoder, tmp_path):
+    _, paths, bad = image_dir
+    pairs = [(i, p) for i, p in paths.items() if i not in bad][:3]
+    store = extract_features(pairs, tiny_encoder, tmp_path / "f.pkl", progress=False)
+    assert store.spatial is None and len(store) == 3
+    with pytest.raises(ValueError, match="listed twice"):
+        extract_features(pairs + pairs[:1], tiny_encoder, tmp_path / "g.pkl", progress=False)
+    with pytest.raises(TypeError, match="image ids must be integers"):
+        extract_features({"139": pairs[0][1]}, tiny_encoder, tmp_path / "g.pkl", progress=False)
+    with pytest.raises(FileNotFoundError, match="encoder .*nope.onnx does not exist"):
+        extract_features(pairs, tmp_path / "nope.onnx", tmp_path / "g.pkl", progress=False)
+    (tmp_path / "junk.onnx").write_text("not onnx")
+    with pytest.raises(FeatureStoreError, match="not a loadable ONNX model"):
+        extract_features(pairs, tmp_path / "junk.onnx", tmp_path / "g.pkl", progress=False)
+
+
+def test_all_images_bad_gives_an_empty_store(image_dir, tiny_encoder, tmp_path):
+    _, paths, bad = image_dir
+    store = extract_features({i: paths[i] for i in bad}, tiny_encoder, tmp_path / "f.pkl", progress=False)
+    assert len(store) == 0 and store.features.shape == (0, 8)
+    assert len(FeatureStore.load(tmp_path / "f.pkl").skipped) == len(bad)
+
+
+# ----------------------------------------------------------------------------------------------- COCO helper
+
+
+def test_coco_image_paths(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("RGB", (8, 8)).save(d / "000000000139.jpg")
+    Image.new("RGB", (8, 8)).save(d / "COCO_val2014_000000000632.jpg")
+    captions = {
+        "images": [
+            {"id": 139, "file_name": "000000000139.jpg"},
+            {"id": 632, "file_name": "000000000632.jpg"},  # present under its 2014 name
+            {"id": 724, "file_name": "000000000724.jpg"},  # absent: left out
+        ]
+    }
+    (tmp_path / "c.json").write_text(json.dumps(captions))
+    assert coco_image_paths(tmp_path / "c.json", d) == {
+        139: d / "000000000139.jpg",
+        632: d / "COCO_val2014_000000000632.jpg",
+    }
+    assert coco_image_paths(captions, d) == coco_image_paths(tmp_path / "c.json", d)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"holds none of the 3 images listed in .*c\.json"):
+        coco_image_paths(tmp_path / "c.json", empty)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        coco_image_paths(tmp_path / "bad.json", d)
+    with pytest.raises(ValueError, match="no 'images' list"):
+        coco_image_paths({"annotations": []}, d)
+
+
+def test_coco_image_paths_on_shared_data(shared_coco):
+    paths = coco_image_paths(shared_coco / "captions.json", shared_coco / "images")
+    assert len(paths) == 271 and paths[139] == shared_coco / "images" / "000000000139.jpg"
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_extract(image_dir, tiny_encoder, tmp_path, capsys):
+    from minicap.cli import main
+
+    d, paths, bad = image_dir
+    records = [{"id": i, "file_name": p.name} for i, p in paths.items()]
+    (tmp_path / "c.json").write_text(json.dumps({"images": records, "annotations": []}))
+    found = len(paths) - 1  # missing.jpg is not in the folder, so the JSON helper leaves it out
+    bad_found = len(bad) - 1  # truncated, text and empty files are found, then skipped
+    out = tmp_path / "f.pkl"
+
+    def extract(captions: Path, out: Path, encoder: Path = tiny_encoder, *more: str) -> int:
+        argv = ["extract", "--images", str(d), "--captions", str(captions), "--encoder", str(encoder)]
+        return main([*argv, "--out", str(out), "--no-progress", *more])
+
+    assert extract(tmp_path / "c.json", out, tiny_encoder, "--batch-size", "4", "--workers", "1") == 0
+    text = capsys.readouterr().out
+    assert f"{len(paths)} listed in {tmp_path / 'c.json'}, {found} found in {d}" in text
+    assert f"extracted {found - bad_found}, reused 0, skipped {bad_found}" in text
+    assert "truncated.jpg: OSError: image file is truncated" in text and "empty file (0 bytes)" in text
+    assert len(FeatureStore.load(out)) == found - bad_found
+
+    assert extract(tmp_path / "c.json", out) == 0  # a re-run reuses everything
+    assert f"extracted 0, reused {found - bad_found}, skipped {bad_found}" in capsys.readouterr().out
+
+    (tmp_path / "bad.json").write_text(json.dumps({"images": [r for r in records if r["id"] in bad]}))
+    assert extract(tmp_path / "bad.json", tmp_path / "g.pkl") == 1
+    assert "no image could be extracted" in capsys.readouterr().err
+    assert extract(tmp_path / "c.json", tmp_path / "h.pkl", tmp_path / "nope.onnx") == 2
+    assert "nope.onnx does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- the real encoder graph
+
+
+@pytest.fixture(scope="session")
+def lite0_encoder(tmp_path_factory) -> Path:
+    encoders = pytest.importorskip("minicap.encoders")
+    if not hasattr(encoders, "build_encoder"):
+        pytest.skip("minicap.encoders.build_encoder is not available yet")
+    path = tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.onnx"
+    encoders.build_encoder("efficientnet_lite0", path)
+    return path
+
+
+def test_real_encoder_matches_reference_features(lite0_encoder, shared_coco, shared_reference, tmp_path):
+    ref = np.load(shared_reference / "efficientnet_lite0_reference.npz")
+    ids = ref["image_ids"].astype(np.int64)
+    paths = {int(i): shared_coco / "images" / f"{int(i):012d}.jpg" for i in ids}
+    store = extract_features(paths, lite0_encoder, tmp_path / "f.pkl", batch_size=4, spatial=True, progress=False)
+    assert store.feature_size == 1280 and store.spatial_shape == (7, 7, 1280)
+    assert store.manifest["architecture"] == "efficientnet_lite0" and not store.skipped
+    np.testing.assert_allclose(store.lookup(ids), ref["image_pool"], rtol=1e-3, atol=1e-3)
+    # The pooled features are the mean of the spatial map (float16 storage: a looser tolerance).
+    pooled = store.lookup_spatial(ids).astype(np.float32).mean(axis=(1, 2))
+    np.testing.assert_allclose(pooled, ref["image_pool"], rtol=1e-2, atol=1e-2)
