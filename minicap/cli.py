@@ -24,10 +24,119 @@ def _run_gradcheck(args: argparse.Namespace) -> int:
     return 0 if run_all_checks(verbose=True) else 1
 
 
+# ----------------------------------------------------------------------------------------------- data
+# `minicap data ACTION`: a group of data actions. Add one with `_add_data_<action>(actions)` /
+# `_run_data_<action>(args)` and append it to `_DATA_ACTIONS`.
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="get COCO data ready (actions: download)")
+    actions = p.add_subparsers(dest="data_action", required=True, metavar="ACTION")
+    for add in _DATA_ACTIONS:
+        add(actions)
+
+
+def _limit_arg(text: str) -> int | None:
+    """`--limit`: a positive integer, or 'all'."""
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value}")
+    return value
+
+
+def _add_data_download(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "download",
+        help="download N COCO photos and write DIR/images/ + DIR/captions.json (resumable)",
+        description="Download COCO photos named in a captions JSON (2014 or 2017) into DIR/images/ and write "
+        "DIR/captions.json listing exactly the images present, so `minicap demo --coco DIR` can use it. "
+        "Retries connection errors, timeouts, 5xx and 429 with exponential back-off; 404/403, non-images and "
+        "wrong sizes fail at once. Re-running skips images already present and verified. "
+        "Exit code: 0 all present, 1 some images failed (captions.json lists the rest), 2 bad input.",
+    )
+    p.add_argument("--captions", required=True, help="COCO captions JSON, e.g. captions_val2017.json")
+    p.add_argument(
+        "--limit",
+        required=True,
+        type=_limit_arg,
+        metavar="N",
+        help="how many images ('all' for every image in the JSON)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets images/ and captions.json)")
+    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    p.add_argument("--retries", type=int, default=4, help="retries after the first attempt (default 4)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="socket timeout, seconds (default 30)")
+    p.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="first retry delay, doubled each time (default 1)",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--first", action="store_true", help="take the first N images by id (the default; deterministic)"
+    )
+    which.add_argument(
+        "--seed", type=int, default=None, help="take a fixed pseudo-random N instead (same on every machine)"
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="mirror: replaces each coco_url's scheme://host[:port] and prefixes its path, e.g. "
+        "http://127.0.0.1:8000/coco/ turns http://images.cocodataset.org/val2017/x.jpg into "
+        "http://127.0.0.1:8000/coco/val2017/x.jpg",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_data_download)
+
+
+def _run_data_download(args: argparse.Namespace) -> int:
+    from minicap.download import download_coco
+
+    try:
+        report = download_coco(
+            args.captions,
+            args.out,
+            args.limit,
+            workers=args.workers,
+            retries=args.retries,
+            timeout=args.timeout,
+            base_url=args.base_url,
+            progress=not args.no_progress,
+            seed=args.seed,
+            backoff=args.backoff,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if not report.ok:
+        print(
+            f"error: {len(report.failed)} image(s) failed permanently (see above); {report.captions_path} "
+            "lists only the images that are present. Re-running the same command retries just the missing.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+_DATA_ACTIONS = [
+    _add_data_download,
+]
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 _SUBCOMMANDS = [
     _add_gradcheck,
+    _add_data,
 ]
 
 
