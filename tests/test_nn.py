@@ -278,3 +278,32 @@ def test_no_warnings_in_normal_use(rng):
         warnings.simplefilter("error")
         h, cache = nn.lstm_forward(x * 100, h0, Wx * 100, Wh, b)  # saturated gates
         nn.lstm_backward(np.ones_like(h), cache)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_state_gradients_agree_with_bptt_and_numerics(rng, cell):
+    """∂L/∂h_t for every t (lesson 01's measurement): its t = 0 entry is BPTT's dh0, and an intermediate one
+    matches a numerical gradient taken by restarting the sequence from h_t."""
+    inputs = _lstm_inputs(rng) if cell == "lstm" else _rnn_inputs(rng)
+    x, h0, Wx, Wh, b = inputs
+    forward = nn.lstm_forward if cell == "lstm" else nn.rnn_forward
+    h, cache = forward(*inputs)
+    dh = np.zeros_like(h)
+    dh[:, -1] = rng.standard_normal(h0.shape)  # loss reads only the last output
+    if cell == "lstm":
+        dh_states, dc_states = nn.lstm_state_gradients(dh, cache)
+        grads = nn.lstm_backward(dh, cache)
+        np.testing.assert_allclose(dc_states[0], grads.dc0, atol=1e-12)
+    else:
+        dh_states = nn.rnn_state_gradients(dh, cache)
+        grads = nn.rnn_backward(dh, cache)
+    np.testing.assert_allclose(dh_states[0], grads.dh0, atol=1e-12)
+    np.testing.assert_allclose(dh_states[-1], dh[:, -1], atol=0)
+
+    t = 3  # restart from h_t (and c_t) as an input and differentiate numerically
+    h_t = cache.h[t].copy()
+    extra = {"c0": cache.c[t].copy()} if cell == "lstm" else {}
+    numeric = gradcheck.numerical_gradient(
+        lambda: np.sum(forward(x[:, t:], h_t, Wx, Wh, b, **extra)[0] * dh[:, t:]), h_t
+    )
+    assert gradcheck.rel_error(dh_states[t], numeric) < 1e-6

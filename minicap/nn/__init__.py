@@ -29,6 +29,7 @@ from minicap.nn.lstm import (
     lstm_backward_truncated,
     lstm_forward,
     lstm_forward_truncated,
+    lstm_state_gradients,
     lstm_step_backward,
     lstm_step_forward,
     lstm_weights_from_torch_order,
@@ -39,6 +40,7 @@ from minicap.nn.rnn import (
     RNNStepCache,
     rnn_backward,
     rnn_forward,
+    rnn_state_gradients,
     rnn_step_backward,
     rnn_step_forward,
 )
@@ -63,6 +65,7 @@ __all__ = [
     "lstm_backward_truncated",
     "lstm_forward",
     "lstm_forward_truncated",
+    "lstm_state_gradients",
     "lstm_step_backward",
     "lstm_step_forward",
     "lstm_weights_from_torch_order",
@@ -71,6 +74,7 @@ __all__ = [
     "RNNStepCache",
     "rnn_backward",
     "rnn_forward",
+    "rnn_state_gradients",
     "rnn_step_backward",
     "rnn_step_forward",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "LSTMGrads",
     "lstm_forward",
     "lstm_backward",
+    "lstm_state_gradients",
     "lstm_forward_truncated",
     "lstm_backward_truncated",
     "lstm_weights_from_torch_order",
@@ -238,6 +239,35 @@ def lstm_backward(
     dWx = cache.x.reshape(T * N, D).T @ da2
     dWh = cache.h[:-1].reshape(T * N, H).T @ da2  # Σ_t h_{t−1}ᵀ da_t
     return LSTMGrads(np.ascontiguousarray(dx), dnext_h, dnext_c, dWx, dWh, da2.sum(axis=0))
+
+
+def lstm_state_gradients(dh: np.ndarray, cache: LSTMCache) -> tuple[np.ndarray, np.ndarray]:
+    """∂L/∂h_t and ∂L/∂c_t for every state t = 0 … T: how much gradient reaches each step back in time.
+
+    dh: (N, T, H) upstream gradient of the outputs. Returns (dh_states, dc_states), each (T+1, N, H); index 0
+    equals `lstm_backward(...).dh0` / `.dc0`. The same recurrence as `lstm_backward`, keeping the state gradients
+    of every step instead of the weight gradients (lesson 01 plots their norms).
+    """
+    T, N, _ = cache.x.shape
+    H = cache.h.shape[2]
+    dh_tm = dh.transpose(1, 0, 2)
+    dh_states = np.zeros((T + 1, N, H), dtype=dh.dtype)
+    dc_states = np.zeros((T + 1, N, H), dtype=dh.dtype)
+    for t in reversed(range(T)):
+        gates = cache.gates[t]
+        i, f, o, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+        tanh_c = cache.tanh_c[t]
+        dh_t = dh_states[t + 1] + dh_tm[t]
+        dh_states[t + 1] = dh_t
+        dc = dc_states[t + 1] + dh_t * o * (1.0 - tanh_c**2)
+        dc_states[t + 1] = dc
+        da = np.concatenate(
+            [dc * g * i * (1 - i), dc * cache.c[t] * f * (1 - f), dh_t * tanh_c * o * (1 - o), dc * i * (1 - g**2)],
+            axis=1,
+        )
+        dh_states[t] = da @ cache.Wh.T
+        dc_states[t] = dc * f
+    return dh_states, dc_states
 
 
 # ------------------------------------------------------------------------------------------ truncated BPTT

@@ -32,6 +32,7 @@ __all__ = [
     "RNNGrads",
     "rnn_forward",
     "rnn_backward",
+    "rnn_state_gradients",
 ]
 
 
@@ -144,3 +145,22 @@ def rnn_backward(dh: np.ndarray, cache: RNNCache) -> RNNGrads:
     dWx = cache.x.reshape(T * N, D).T @ da2
     dWh = cache.h[:-1].reshape(T * N, H).T @ da2  # h_{t−1} for t = 0..T−1
     return RNNGrads(np.ascontiguousarray(dx), dprev_h, dWx, dWh, da2.sum(axis=0))
+
+
+def rnn_state_gradients(dh: np.ndarray, cache: RNNCache) -> np.ndarray:
+    """∂L/∂h_t for every hidden state h_0 … h_T: how much gradient reaches each step back in time.
+
+    dh: (N, T, H) upstream gradient of the outputs (e.g. zero except at the last step when the loss reads only
+    h_T). Returns (T+1, N, H), index t holding ∂L/∂h_t (index 0 is ∂L/∂h0, equal to `rnn_backward(...).dh0`).
+
+    The same backward recurrence as `rnn_backward`, keeping the state gradient of every step instead of the
+    weight gradients; lesson 01 plots its norm against the distance k = T − t to see gradients vanish.
+    """
+    T, N, _ = cache.x.shape
+    dh_tm = dh.transpose(1, 0, 2)
+    states = np.zeros((T + 1, N, cache.h.shape[2]), dtype=dh.dtype)
+    for t in reversed(range(T)):
+        states[t + 1] += dh_tm[t]  # total gradient at h_{t+1}: from above and from the future
+        da = states[t + 1] * (1.0 - cache.h[t + 1] ** 2)
+        states[t] = da @ cache.Wh.T
+    return states
