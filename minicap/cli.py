@@ -132,6 +132,72 @@ _DATA_ACTIONS = [
 ]
 
 
+# ----------------------------------------------------------------------------------------------- extract
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="run COCO images through an encoder ONNX file once and save a feature store (resumable)",
+        description="Decode every image of a COCO captions JSON found in --images, run it through the "
+        "encoder ONNX file, and save ids + features (+ manifest) to --out atomically. Re-running with the "
+        "same encoder computes only the missing images; unreadable images are skipped and listed. "
+        "Exit code: 0 features saved, 1 no image could be extracted, 2 bad input.",
+    )
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of COCO JPEGs")
+    p.add_argument("--captions", required=True, metavar="JSON", help="COCO captions JSON (its images)")
+    p.add_argument("--encoder", required=True, metavar="FILE.onnx", help="encoder built by minicap.encoders")
+    p.add_argument("--out", required=True, metavar="FILE.pkl", help="feature store to write (or resume)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call (default 32)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads; 0 = no overlap (default 2)")
+    p.add_argument("--spatial", action="store_true", help="also keep the (h, w, C) maps, float16")
+    p.add_argument("--save-every", type=int, default=1024, metavar="N", help="save progress every N images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_extract)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    import json
+
+    from minicap.features import FeatureStoreError, coco_image_paths, extract_features
+
+    try:
+        with open(args.captions, encoding="utf-8") as f:
+            captions = json.load(f)
+        paths = coco_image_paths(captions, args.images)
+        n_listed = len(captions.get("images", []))
+        print(f"images: {n_listed} listed in {args.captions}, {len(paths)} found in {args.images}")
+        store = extract_features(
+            paths,
+            args.encoder,
+            args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            spatial=args.spatial,
+            progress=not args.no_progress,
+            save_every=args.save_every,
+        )
+    except (OSError, ValueError, FeatureStoreError) as e:  # missing files, bad JSON, foreign store, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run, m = store.manifest["extraction"], store.manifest
+    print(f"encoder: {m['architecture']} ({args.encoder}, sha256 {m['onnx_sha256'][:12]}...)")
+    print(
+        f"extracted {run['extracted']}, reused {run['reused']}, skipped {run['skipped']} "
+        f"in {run['seconds']:.1f} s -> {args.out}: {len(store)} images x {store.feature_size} features"
+        + (f", spatial {store.spatial_shape}" if store.spatial is not None else "")
+    )
+    skipped = [s for s in store.skipped if s["id"] in paths]
+    for s in skipped[:20]:
+        print(f"  skipped {s['id']} {s['path']}: {s['reason']}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more (all listed in the store's manifest['skipped'])")
+    if run["extracted"] + run["reused"] == 0:
+        print("error: no image could be extracted", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- encoder
 # `minicap encoder build`: turn pretrained .pth weights (read without torch) into an ONNX encoder file.
 
@@ -183,6 +249,7 @@ def _run_encoder_build(args: argparse.Namespace) -> int:
 _SUBCOMMANDS = [
     _add_gradcheck,
     _add_data,
+    _add_extract,
     _add_encoder,
 ]
 

@@ -725,11 +725,17 @@ def test_cli_extract(image_dir, tiny_encoder, tmp_path, capsys):
 
 @pytest.fixture(scope="session")
 def lite0_encoder(tmp_path_factory) -> Path:
-    encoders = pytest.importorskip("minicap.encoders")
+    """The real EfficientNet-Lite0 graph (with spatial maps), built once from the installed weights."""
+    import minicap.encoders as encoders
+
     if not hasattr(encoders, "build_encoder"):
-        pytest.skip("minicap.encoders.build_encoder is not available yet")
+        pytest.skip("minicap.encoders.build_encoder is not available")
+    try:
+        weights = encoders.default_weights_path("efficientnet_lite0")
+    except ValueError as e:  # the weights package is not installed
+        pytest.skip(str(e))
     path = tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.onnx"
-    encoders.build_encoder("efficientnet_lite0", path)
+    encoders.save_encoder(encoders.build_encoder("efficientnet_lite0", weights, spatial=True), path)
     return path
 
 
