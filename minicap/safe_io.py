@@ -45,11 +45,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, _default_file_mode())  # mkstemp makes 0600 files; give the usual umask-based mode
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode `open(path, "w")` would have given the file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
