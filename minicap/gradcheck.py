@@ -214,6 +214,16 @@ def check_temporal_softmax_loss(seed: int = 0) -> list[CheckResult]:
     return [compare("temporal_softmax_loss", "logits", dlogits, numeric, STEP_MAX_REL)]
 
 
+def check_mse_loss(seed: int = 0) -> list[CheckResult]:
+    rng = np.random.default_rng(seed)
+    pred = rng.standard_normal((4, 3))
+    target = rng.standard_normal((4, 3))
+    _, dpred = nn.mse_loss(pred, target)
+    pred_ref = pred.astype(REFERENCE_DTYPE)
+    numeric = numerical_gradient(lambda: nn.mse_loss(pred_ref, target)[0], pred_ref)
+    return [compare("mse_loss", "pred", dpred, numeric, STEP_MAX_REL)]
+
+
 def check_rnn_step(seed: int = 0) -> list[CheckResult]:
     rng = np.random.default_rng(seed)
     N, D, H = 3, 4, 5
@@ -334,6 +344,7 @@ def all_checks() -> list[CheckResult]:
         check_word_embedding,
         check_temporal_affine,
         check_temporal_softmax_loss,
+        check_mse_loss,
         check_rnn_step,
         check_rnn_sequence,
         check_lstm_step,

@@ -18,6 +18,7 @@ STEP_CHECKS = [
     gradcheck.check_word_embedding,
     gradcheck.check_temporal_affine,
     gradcheck.check_temporal_softmax_loss,
+    gradcheck.check_mse_loss,
     gradcheck.check_rnn_step,
     gradcheck.check_lstm_step,
 ]
@@ -98,7 +99,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     assert cli_main(["gradcheck"]) == 0
     out = capsys.readouterr().out
     assert "CaptionModel(lstm)" in out and "lstm_forward/backward" in out and "FAIL" not in out
-    assert out.strip().splitlines()[-1].startswith("46/46")
+    assert out.strip().splitlines()[-1].startswith("47/47")
 
     broken = gradcheck.check_affine
 

@@ -1,6 +1,6 @@
 """The maths of minicap: every differentiable piece as a pure forward/backward pair, in NumPy.
 
-    layers.py  affine, word embedding, temporal affine, masked temporal softmax loss, stable sigmoid
+    layers.py  affine, word embedding, temporal affine, masked temporal softmax loss, MSE loss, stable sigmoid
     rnn.py     vanilla tanh RNN: one step and a whole sequence (BPTT)
     lstm.py    LSTM: one step, a whole sequence (BPTT), truncated BPTT
 
@@ -14,6 +14,7 @@ from minicap.nn.layers import (
     affine_backward,
     affine_forward,
     log_softmax,
+    mse_loss,
     sigmoid,
     temporal_affine_backward,
     temporal_affine_forward,
@@ -52,6 +53,7 @@ __all__ = [
     "affine_backward",
     "affine_forward",
     "log_softmax",
+    "mse_loss",
     "sigmoid",
     "temporal_affine_backward",
     "temporal_affine_forward",

@@ -1,4 +1,4 @@
-"""Feed-forward layers and the loss: affine, word embedding, temporal affine, masked temporal softmax loss.
+"""Feed-forward layers and the losses: affine, word embedding, temporal affine, masked temporal softmax loss, MSE.
 
 Every layer is a pair of pure functions:
 
@@ -29,6 +29,7 @@ __all__ = [
     "temporal_affine_forward",
     "temporal_affine_backward",
     "temporal_softmax_loss",
+    "mse_loss",
 ]
 
 
@@ -195,3 +196,27 @@ def temporal_softmax_loss(logits: np.ndarray, targets: np.ndarray, mask: np.ndar
     grad[rows, flat_targets] -= 1.0
     grad *= weight[:, None]  # masked rows become exactly 0
     return loss, grad.reshape(N, T, V)
+
+
+# ------------------------------------------------------------------------------------------ mean squared error
+
+
+def mse_loss(pred: np.ndarray, target: np.ndarray) -> tuple[np.floating, np.ndarray]:
+    """Mean squared error over every entry, and its gradient (regression, e.g. the adding problem).
+
+        L = (1/n) Σ_i (pred_i − target_i)²        ∂L/∂pred_i = (2/n) (pred_i − target_i)        n = pred.size
+
+    pred: any shape, float; target: the same shape (cast to pred's dtype).
+    Returns (loss, dpred): loss a NumPy scalar of pred's dtype (so a gradient check in extended precision keeps
+    every digit), dpred of pred's shape and dtype.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"mse_loss: pred has shape {pred.shape} but target has shape {target.shape}")
+    if pred.size == 0:
+        raise ValueError("mse_loss: empty input, the mean of no errors is undefined")
+    diff = pred - target.astype(pred.dtype, copy=False)
+    flat = diff.reshape(-1)
+    n = diff.size
+    loss = np.dot(flat, flat) / n  # Σ diff² as one dot product, no array of squares
+    diff *= 2.0 / n  # reuse the buffer: dpred = (2/n) (pred − target)
+    return loss, diff

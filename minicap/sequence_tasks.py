@@ -1,0 +1,320 @@
+"""Synthetic sequence tasks that test memory over long time lags, and a small recurrent regressor to learn them.
+
+The adding problem (Hochreiter & Schmidhuber 1997, experiment 4; in the form of Le et al. 2015 and Arjovsky et
+al. 2016): each input step carries two numbers,
+
+    channel 0   a value drawn uniformly from [0, 1]
+    channel 1   a marker: 1 at exactly two positions (one in each half of the sequence), 0 everywhere else
+
+and the target is the sum of the two marked values. The answer depends on inputs up to T steps before the only
+output, so the gradient that teaches the network to keep the first marked value must travel back that far.
+Predicting the mean, 1.0, for every sequence scores MSE = Var(u₁ + u₂) = 2 · 1/12 = 1/6 ≈ 0.167: a model near
+0.167 has learned nothing about the markers.
+
+`SequenceRegressor` reads a sequence with an LSTM or a vanilla tanh RNN and predicts one number from the LAST
+hidden state. Like `CaptionModel` it is composed only of `minicap.nn` functions and keeps its parameters in a flat
+dict (names below), gradients in a dict with the same keys:
+
+    Wx (D, G), Wh (H, G), b (G,)     recurrent cell, G = 4H for the LSTM (gate order i, f, o, g), H for the RNN
+    W_out (H, 1), b_out (1,)         last hidden state -> prediction
+
+It also measures what lesson 01 is about: how much gradient reaches each step back in time, and the quantities
+that predict it (the recurrent matrix's spectrum and tanh′ for the RNN, the forget gates for the LSTM).
+
+Letters: N batch, T time steps, D input size (2 for the adding problem), H hidden size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from minicap import nn
+
+__all__ = ["adding_problem", "ADDING_BASELINE_MSE", "INITS", "SequenceRegressor", "StateGradientNorms"]
+
+ADDING_BASELINE_MSE = 1.0 / 6.0  # MSE of always predicting 1.0 = Var(u1 + u2) for u1, u2 ~ U[0, 1]
+
+INITS = ("uniform", "xavier", "orthogonal")
+
+
+# ----------------------------------------------------------------------------------------- the adding problem
+
+
+def adding_problem(n: int, T: int, rng: np.random.Generator, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """n sequences of the adding problem, each T steps long.
+
+    Returns x: (n, T, 2) — channel 0 values ~ U[0, 1], channel 1 the marker (exactly one 1 in steps [0, T//2)
+    and one in [T//2, T)) — and y: (n,), the sum of the two marked values. Both of the given dtype.
+    """
+    if n < 1:
+        raise ValueError(f"adding_problem: n must be ≥ 1, got {n}")
+    if T < 2:
+        raise ValueError(f"adding_problem: T must be ≥ 2 (one marker in each half), got {T}")
+    values = rng.random((n, T))
+    first = rng.integers(0, T // 2, size=n)  # one marked position in the first half ...
+    second = rng.integers(T // 2, T, size=n)  # ... and one in the second half
+    x = np.zeros((n, T, 2), dtype=dtype)
+    x[:, :, 0] = values
+    rows = np.arange(n)
+    x[rows, first, 1] = 1.0
+    x[rows, second, 1] = 1.0
+    y = (values[rows, first] + values[rows, second]).astype(dtype)
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------- the regressor
+
+
+class StateGradientNorms(NamedTuple):
+    """Per-sequence norms of the state gradients, indexed by the distance k = T − t back from the last step.
+
+    h[k, n] = ‖∂L_n/∂h_{T−k}‖ for sequence n, with L_n = (prediction_n − y_n)² its own squared error;
+    c[k, n] = ‖∂L_n/∂c_{T−k}‖ for the LSTM's cell (None for the RNN). Both (T+1, N).
+    """
+
+    h: np.ndarray
+    c: np.ndarray | None
+
+
+class SequenceRegressor:
+    """An LSTM or tanh RNN over a sequence, an affine readout of its last hidden state, and the MSE loss.
+
+    Parameters
+    ----------
+    input_size : D (2 for the adding problem).
+    hidden_size : H.
+    cell : "lstm" or "rnn".
+    init : how the weights start (biases start at 0, except the LSTM's forget gate):
+        "uniform"     every weight ~ U[−1/√H, 1/√H] (PyTorch's default for nn.RNN / nn.LSTM / nn.Linear).
+                      For the RNN, Wh's entries then have variance 1/(3H), so its spectral radius is ≈ 1/√3.
+        "xavier"      Glorot & Bengio (2010) uniform, ±√(6 / (fan_in + fan_out)), for each gate's (D, H) and
+                      (H, H) block separately (each gate is its own layer): Wh's entries have variance 1/H, so
+                      its spectral radius is ≈ 1.
+        "orthogonal"  each gate's (H, H) block of Wh a random orthogonal matrix (Saxe et al. 2014): every
+                      singular value exactly 1; Wx and W_out as for "xavier".
+    forget_bias : initial bias of the LSTM's forget gate (1 by default: f = σ(1) ≈ 0.73 at the start; Gers et
+        al. 2000, Jozefowicz et al. 2015). Ignored for the RNN.
+    dtype : float32 to train (default), float64 (or longdouble) for gradient checks.
+    seed : initialisation seed; the same seed gives the same parameters bit for bit.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 2,
+        hidden_size: int = 64,
+        cell: str = "lstm",
+        init: str = "uniform",
+        forget_bias: float = 1.0,
+        dtype: Any = np.float32,
+        seed: int = 0,
+    ) -> None:
+        if cell not in ("lstm", "rnn"):
+            raise ValueError(f'cell must be "lstm" or "rnn", got {cell!r}')
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"input_size and hidden_size must be ≥ 1, got {input_size} and {hidden_size}")
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.cell = cell
+        self.init = init
+        self.forget_bias = float(forget_bias)
+        self.dtype = np.dtype(dtype)
+        self.seed = int(seed)
+        self.params = self._init_params()
+
+    # ------------------------------------------------------------------------------------------- parameters
+
+    def _init_params(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        D, H = self.input_size, self.hidden_size
+        gates = 4 if self.cell == "lstm" else 1
+
+        def uniform(shape: tuple[int, ...], limit: float) -> np.ndarray:
+            return rng.uniform(-limit, limit, size=shape)
+
+        def xavier(fan_in: int, fan_out: int) -> np.ndarray:
+            return uniform((fan_in, fan_out), np.sqrt(6.0 / (fan_in + fan_out)))
+
+        def orthogonal(n: int) -> np.ndarray:
+            # QR of a Gaussian matrix; multiplying Q's columns by sign(diag R) makes Q uniformly (Haar) distributed.
+            q, r = np.linalg.qr(rng.standard_normal((n, n)))
+            return q * np.sign(np.diag(r))
+
+        if self.init == "uniform":
+            k = 1.0 / np.sqrt(H)
+            Wx, Wh, W_out = uniform((D, gates * H), k), uniform((H, gates * H), k), uniform((H, 1), k)
+        else:
+            Wx = np.concatenate([xavier(D, H) for _ in range(gates)], axis=1)
+            block = (lambda: orthogonal(H)) if self.init == "orthogonal" else (lambda: xavier(H, H))
+            Wh = np.concatenate([block() for _ in range(gates)], axis=1)
+            W_out = xavier(H, 1)
+        b = np.zeros(gates * H)
+        if self.cell == "lstm":
+            b[H : 2 * H] = self.forget_bias  # gate order i, f, o, g
+        params = {"Wx": Wx, "Wh": Wh, "b": b, "W_out": W_out, "b_out": np.zeros(1)}
+        return {k: v.astype(self.dtype) for k, v in params.items()}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model (JSON-able); the parameters travel separately."""
+        return {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "cell": self.cell,
+            "init": self.init,
+            "forget_bias": self.forget_bias,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], params: dict[str, np.ndarray]) -> SequenceRegressor:
+        """Rebuild a model from `config` and a parameter dict, checking every name and shape."""
+        model = cls(**config)
+        missing = sorted(set(model.params) - set(params))
+        unexpected = sorted(set(params) - set(model.params))
+        if missing or unexpected:
+            raise ValueError(f"parameters do not fit the model: missing {missing}, unexpected {unexpected}")
+        for name, value in params.items():
+            if value.shape != model.params[name].shape:
+                raise ValueError(f"parameter {name}: shape {value.shape}, model expects {model.params[name].shape}")
+            model.params[name] = np.array(value, dtype=model.dtype)
+        return model
+
+    def astype(self, dtype: Any) -> SequenceRegressor:
+        """A copy of this model (same parameter values) computing in another dtype."""
+        return SequenceRegressor.from_config({**self.config, "dtype": np.dtype(dtype).name}, self.params)
+
+    def num_params(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    # --------------------------------------------------------------------------------------------- forward
+
+    def _check_inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[1] < 1:
+            raise ValueError(f"x must have shape (N, T, {self.input_size}) with T ≥ 1, got {x.shape}")
+        x = x.astype(self.dtype, copy=False)
+        if y is not None:
+            y = np.asarray(y)
+            if y.shape != (x.shape[0],):
+                raise ValueError(f"y must have shape ({x.shape[0]},) to match x {x.shape}, got {y.shape}")
+            y = y.astype(self.dtype, copy=False)
+        return x, y
+
+    def _recurrence(self, x: np.ndarray) -> nn.LSTMCache | nn.RNNCache:
+        """Run the cell over x (N, T, D) from h0 = 0 (and c0 = 0); the cache holds every state, time-major."""
+        p = self.params
+        h0 = np.zeros((x.shape[0], self.hidden_size), dtype=self.dtype)
+        if self.cell == "lstm":
+            _, cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        else:
+            _, cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        return cache
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, T, D) -> predictions (N,) from the last hidden state."""
+        x, _ = self._check_inputs(x)
+        h_last = self._recurrence(x).h_last
+        return (h_last @ self.params["W_out"] + self.params["b_out"])[:, 0]
+
+    def mse(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
+        """Mean squared error on (x, y), evaluated in batches (forward only, no gradients kept)."""
+        x, y = self._check_inputs(x, y)
+        assert y is not None
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            err = self.predict(x[start : start + batch_size]) - y[start : start + batch_size]
+            total += float(np.dot(err, err))
+        return total / len(x)
+
+    # ------------------------------------------------------------------------------------- loss and grads
+
+    def loss(self, x: np.ndarray, y: np.ndarray) -> tuple[np.floating, dict[str, np.ndarray]]:
+        """MSE of the predictions and the gradient of every parameter.
+
+        x: (N, T, D), y: (N,). Returns (loss, grads): loss a NumPy scalar of the model's dtype, grads with the
+        keys of `self.params`.
+
+        Only the last hidden state reaches the loss, so the upstream gradient of the hidden states is zero at
+        every step but the last: all the gradient that reaches earlier steps arrives through time.
+        """
+        x, y = self._check_inputs(x, y)
+        assert y is not None
+        p = self.params
+        cache = self._recurrence(x)
+        pred, out_cache = nn.affine_forward(cache.h_last, p["W_out"], p["b_out"])  # (N, 1)
+        loss, dpred = nn.mse_loss(pred[:, 0], y)
+
+        grads: dict[str, np.ndarray] = {}
+        dh_last, grads["W_out"], grads["b_out"] = nn.affine_backward(dpred[:, None], out_cache)
+        dh = np.zeros((x.shape[0], x.shape[1], self.hidden_size), dtype=self.dtype)
+        dh[:, -1] = dh_last
+        if self.cell == "lstm":
+            g = nn.lstm_backward(dh, cache)
+        else:
+            g = nn.rnn_backward(dh, cache)
+        grads["Wx"], grads["Wh"], grads["b"] = g.dWx, g.dWh, g.db
+        return loss, grads
+
+    # ------------------------------------------------------------------------------ gradients through time
+
+    def state_gradient_norms(self, x: np.ndarray, y: np.ndarray, dtype: Any = np.float64) -> StateGradientNorms:
+        """How much gradient reaches each step back in time: ‖∂L_n/∂h_{T−k}‖ for k = 0 … T and every sequence.
+
+        L_n = (prediction_n − y_n)² is sequence n's own loss, so the numbers do not depend on the batch size.
+        Computed in `dtype` (float64 by default: a vanilla RNN's gradient 100 steps back can be 1e-30 or less,
+        far below float32's smallest normal number 1.2e-38, so float32 would flush the tail of the curve to 0).
+        Returns StateGradientNorms(h (T+1, N), c (T+1, N) or None), row k = distance from the last step.
+        """
+        model = self if np.dtype(dtype) == self.dtype else self.astype(dtype)
+        x, y = model._check_inputs(x, y)
+        assert y is not None
+        cache = model._recurrence(x)
+        pred = (cache.h_last @ model.params["W_out"] + model.params["b_out"])[:, 0]
+        dh = np.zeros((x.shape[0], x.shape[1], model.hidden_size), dtype=model.dtype)
+        dh[:, -1] = (2.0 * (pred - y))[:, None] * model.params["W_out"][:, 0]  # ∂L_n/∂h_T = 2 (pred_n − y_n) W_out
+        if model.cell == "lstm":
+            dh_states, dc_states = nn.lstm_state_gradients(dh, cache)
+            c_norms = np.linalg.norm(dc_states, axis=2)[::-1]
+        else:
+            dh_states = nn.rnn_state_gradients(dh, cache)
+            c_norms = None
+        h_norms = np.linalg.norm(dh_states, axis=2)[::-1]  # index t -> index k = T − t
+        return StateGradientNorms(np.ascontiguousarray(h_norms), None if c_norms is None else c_norms.copy())
+
+    # ---------------------------------------------------------------- what predicts the decay of the gradient
+
+    def _require(self, cell: str, what: str) -> None:
+        if self.cell != cell:
+            raise ValueError(f"{what} is defined for the {cell.upper()} only; this model's cell is {self.cell!r}")
+
+    def spectral_radius(self) -> float:
+        """RNN: ρ(Wh) = max |eigenvalue| of the recurrent matrix — the per-step growth rate of Whᵏ for large k."""
+        self._require("rnn", "spectral_radius")
+        return float(np.max(np.abs(np.linalg.eigvals(self.params["Wh"].astype(np.float64)))))
+
+    def largest_singular_value(self) -> float:
+        """RNN: σ_max(Wh) = ‖Wh‖₂, the most any single step can stretch a vector: an upper bound on the decay
+        factor (together with max tanh′ ≤ 1), not an estimate of it."""
+        self._require("rnn", "largest_singular_value")
+        return float(np.linalg.norm(self.params["Wh"].astype(np.float64), 2))
+
+    def mean_tanh_derivative(self, x: np.ndarray) -> float:
+        """RNN: the mean of tanh′(a_t) = 1 − h_t² over every sequence, step and unit of x (N, T, D)."""
+        self._require("rnn", "mean_tanh_derivative")
+        x, _ = self._check_inputs(x)
+        h = self._recurrence(x).h[1:]
+        return float(np.mean(1.0 - h.astype(np.float64) ** 2))
+
+    def mean_forget_gate(self, x: np.ndarray, per_unit: bool = False) -> float | np.ndarray:
+        """LSTM: the forget gate f = σ(a_f), averaged over every sequence and step of x (N, T, D) and over the
+        units (a float), or per unit (an (H,) array) when `per_unit`. Along the cell path ∂c_t/∂c_{t−1} = f."""
+        self._require("lstm", "mean_forget_gate")
+        x, _ = self._check_inputs(x)
+        H = self.hidden_size
+        f = self._recurrence(x).gates[:, :, H : 2 * H].astype(np.float64)  # (T, N, H), gate order i, f, o, g
+        return f.mean(axis=(0, 1)) if per_unit else float(f.mean())

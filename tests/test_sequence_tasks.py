@@ -1,0 +1,191 @@
+"""The adding problem, SequenceRegressor (gradients, state-gradient norms, diagnostics) and mse_loss.
+
+Gradient checks use the thresholds of minicap.gradcheck: float64 analytic gradients against an extended-precision
+numerical reference, max elementwise relative error ≤ SEQUENCE_MAX_REL and norm-relative error ≤ NORM_REL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minicap import nn
+from minicap.gradcheck import NORM_REL, REFERENCE_DTYPE, SEQUENCE_MAX_REL, compare, numerical_gradient
+from minicap.optim import Adam, clip_grad_norm
+from minicap.sequence_tasks import ADDING_BASELINE_MSE, INITS, SequenceRegressor, adding_problem
+
+# ------------------------------------------------------------------------------------------------- mse_loss
+
+
+def test_mse_loss_value_gradient_and_dtype():
+    pred = np.array([[1.0, 2.0], [3.0, 5.0]], dtype=np.float32)
+    target = np.array([[1.0, 0.0], [4.0, 5.0]])
+    loss, dpred = nn.mse_loss(pred, target)
+    assert loss == pytest.approx((0 + 4 + 1 + 0) / 4)
+    np.testing.assert_allclose(dpred, [[0.0, 1.0], [-0.5, 0.0]])  # 2/n (pred − target)
+    assert dpred.dtype == np.float32 and np.asarray(loss).dtype == np.float32  # no silent upcast
+    np.testing.assert_array_equal(pred, [[1.0, 2.0], [3.0, 5.0]])  # the input is not modified
+
+
+def test_mse_loss_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        nn.mse_loss(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="empty"):
+        nn.mse_loss(np.zeros(0), np.zeros(0))
+
+
+# ------------------------------------------------------------------------------------------ adding problem
+
+
+def test_adding_problem_structure(rng):
+    x, y = adding_problem(500, 20, rng)
+    assert x.shape == (500, 20, 2) and y.shape == (500,)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    values, marker = x[:, :, 0], x[:, :, 1]
+    assert np.all((values >= 0) & (values < 1))
+    assert set(np.unique(marker)) == {0.0, 1.0}
+    np.testing.assert_array_equal(marker[:, :10].sum(axis=1), 1)  # exactly one marker in each half
+    np.testing.assert_array_equal(marker[:, 10:].sum(axis=1), 1)
+    np.testing.assert_allclose(y, (values * marker).sum(axis=1), rtol=1e-6)
+
+
+def test_adding_problem_statistics_and_baseline():
+    x, y = adding_problem(40_000, 10, np.random.default_rng(0), dtype=np.float64)
+    assert y.mean() == pytest.approx(1.0, abs=0.01)
+    baseline = np.mean((y - 1.0) ** 2)  # always predicting the mean: Var(u1 + u2) = 1/6
+    assert baseline == pytest.approx(ADDING_BASELINE_MSE, abs=0.005)
+    assert ADDING_BASELINE_MSE == pytest.approx(0.1667, abs=1e-4)
+    # Marker positions are spread over each half (T = 10: 5 positions each, all used).
+    first = x[:, :5, 1].argmax(axis=1)
+    second = x[:, 5:, 1].argmax(axis=1)
+    assert np.all(np.bincount(first, minlength=5) > 7000) and np.all(np.bincount(second, minlength=5) > 7000)
+
+
+def test_adding_problem_is_deterministic_and_checks_arguments():
+    a = adding_problem(5, 8, np.random.default_rng(3))
+    b = adding_problem(5, 8, np.random.default_rng(3))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="T must be"):
+        adding_problem(5, 1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="n must be"):
+        adding_problem(0, 8, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------------------- SequenceRegressor
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("init", INITS)
+def test_regressor_gradients(cell, init):
+    x, y = adding_problem(3, 6, np.random.default_rng(1), dtype=np.float64)
+    model = SequenceRegressor(hidden_size=4, cell=cell, init=init, dtype=np.float64, seed=2)
+    model.params["b"] += np.random.default_rng(3).standard_normal(model.params["b"].shape) * 0.3  # not just zeros
+    model.params["b_out"] += 0.2
+    _, grads = model.loss(x, y)
+    assert set(grads) == set(model.params) == {"Wx", "Wh", "b", "W_out", "b_out"}
+    reference = model.astype(REFERENCE_DTYPE)
+    x_ref, y_ref = x.astype(REFERENCE_DTYPE), y.astype(REFERENCE_DTYPE)
+    for name in sorted(model.params):
+        numeric = numerical_gradient(lambda: reference.loss(x_ref, y_ref)[0], reference.params[name])
+        result = compare(f"SequenceRegressor({cell})", name, grads[name], numeric, SEQUENCE_MAX_REL)
+        assert result.max_rel <= SEQUENCE_MAX_REL and result.norm_rel <= NORM_REL, result.line()
+
+
+def test_regressor_dtype_shapes_and_errors():
+    model = SequenceRegressor(hidden_size=8, cell="lstm")
+    x, y = adding_problem(4, 5, np.random.default_rng(0), dtype=np.float64)
+    loss, grads = model.loss(x, y)  # float64 data into a float32 model: cast once, computed in float32
+    assert np.asarray(loss).dtype == np.float32
+    assert all(g.dtype == np.float32 and g.shape == model.params[k].shape for k, g in grads.items())
+    assert model.predict(x).shape == (4,)
+    assert model.mse(x, y, batch_size=3) == pytest.approx(float(loss), rel=1e-5)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, T, 2\)"):
+        model.loss(x[:, :, :1], y)
+    with pytest.raises(ValueError, match="y must have shape"):
+        model.loss(x, y[:3])
+    with pytest.raises(ValueError, match="cell"):
+        SequenceRegressor(cell="gru")
+    with pytest.raises(ValueError, match="init"):
+        SequenceRegressor(init="he")
+    with pytest.raises(ValueError, match="RNN only"):
+        model.spectral_radius()
+    with pytest.raises(ValueError, match="LSTM only"):
+        SequenceRegressor(cell="rnn").mean_forget_gate(x)
+
+
+def test_config_round_trip_and_seeded_init():
+    model = SequenceRegressor(hidden_size=6, cell="rnn", init="orthogonal", seed=5)
+    again = SequenceRegressor.from_config(model.config, model.params)
+    for name in model.params:
+        np.testing.assert_array_equal(again.params[name], model.params[name])
+    other_seed = SequenceRegressor(hidden_size=6, cell="rnn", init="orthogonal", seed=6)
+    assert not np.array_equal(other_seed.params["Wh"], model.params["Wh"])
+    with pytest.raises(ValueError, match="missing"):
+        SequenceRegressor.from_config(model.config, {"Wx": model.params["Wx"]})
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_state_gradient_norms_match_bptt(cell):
+    """Row k is ‖∂L_n/∂h_{T−k}‖: row 0 is the readout's gradient, row T the gradient reaching h0 in BPTT."""
+    x, y = adding_problem(5, 12, np.random.default_rng(4), dtype=np.float64)
+    model = SequenceRegressor(hidden_size=7, cell=cell, init="xavier", dtype=np.float64, seed=1)
+    norms = model.state_gradient_norms(x, y)
+    assert norms.h.shape == (13, 5)
+    assert (norms.c is None) == (cell == "rnn")
+
+    residual = model.predict(x) - y
+    np.testing.assert_allclose(norms.h[0], np.abs(2 * residual) * np.linalg.norm(model.params["W_out"]), rtol=1e-12)
+
+    # Independent route: the batch-mean loss's gradient w.r.t. h0 through the library's BPTT, times N per row.
+    p, N = model.params, len(x)
+    h0 = np.zeros((N, 7))
+    _, grads = model.loss(x, y)
+    if cell == "lstm":
+        _, cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    else:
+        _, cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    dh = np.zeros((N, 12, 7))
+    dh[:, -1] = (2 * residual / N)[:, None] * p["W_out"][:, 0]
+    dh0 = (nn.lstm_backward if cell == "lstm" else nn.rnn_backward)(dh, cache).dh0
+    np.testing.assert_allclose(norms.h[12], N * np.linalg.norm(dh0, axis=1), rtol=1e-10)
+
+
+def test_rnn_gradient_shrinks_at_most_by_the_largest_singular_value():
+    """‖∂L/∂h_{t−1}‖ = ‖(∂L/∂h_t ⊙ tanh′) Whᵀ‖ ≤ σ_max(Wh) ‖∂L/∂h_t‖, since 0 < tanh′ ≤ 1."""
+    x, y = adding_problem(8, 30, np.random.default_rng(5))
+    model = SequenceRegressor(hidden_size=16, cell="rnn", init="xavier", seed=0)
+    h = model.state_gradient_norms(x, y).h
+    assert np.all(h[1:] <= h[:-1] * model.largest_singular_value() * (1 + 1e-9))
+
+
+def test_spectrum_and_gates_at_initialisation():
+    ortho = SequenceRegressor(hidden_size=32, cell="rnn", init="orthogonal")
+    assert ortho.spectral_radius() == pytest.approx(1.0, abs=1e-6)
+    assert ortho.largest_singular_value() == pytest.approx(1.0, abs=1e-6)
+    uniform = SequenceRegressor(hidden_size=128, cell="rnn", init="uniform")
+    assert 0.45 < uniform.spectral_radius() < 0.7  # ≈ 1/√3 for large H (circular law)
+    assert uniform.largest_singular_value() > uniform.spectral_radius()
+    x, _ = adding_problem(4, 10, np.random.default_rng(0))
+    assert 0.0 < uniform.mean_tanh_derivative(x) <= 1.0
+
+    # With no input and h0 = c0 = 0 the state stays 0, so every forget gate is exactly σ(forget bias).
+    zeros = np.zeros((3, 10, 2), dtype=np.float32)
+    for bias in (1.0, 3.0):
+        lstm = SequenceRegressor(hidden_size=8, cell="lstm", forget_bias=bias)
+        assert lstm.mean_forget_gate(zeros) == pytest.approx(1 / (1 + np.exp(-bias)), rel=1e-6)
+        assert lstm.mean_forget_gate(zeros, per_unit=True).shape == (8,)
+
+
+def test_lstm_learns_a_short_adding_problem():
+    """A few hundred Adam steps on T = 10 take the LSTM far below the 1/6 baseline (the lesson does T ≥ 50)."""
+    rng = np.random.default_rng(0)
+    model = SequenceRegressor(hidden_size=16, cell="lstm", seed=0)
+    opt = Adam(lr=1e-2)
+    for _ in range(300):
+        x, y = adding_problem(32, 10, rng)
+        _, grads = model.loss(x, y)
+        clip_grad_norm(grads, 1.0)
+        opt.step(model.params, grads)
+    x_test, y_test = adding_problem(1000, 10, np.random.default_rng(99))
+    assert model.mse(x_test, y_test) < 0.3 * ADDING_BASELINE_MSE
