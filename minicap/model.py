@@ -2,7 +2,7 @@
 
     features (N, F) ──affine──▶ h0 (N, H)                                     "show": the image sets the state
     <START> w1 w2 … (N, T) ──embedding──▶ x (N, T, W) ──LSTM/RNN──▶ h (N, T, H)
-    h ──temporal affine──▶ scores (N, T, V) ──masked softmax loss against w1 w2 … <END>──▶ loss  "and tell"
+    h ──affine──▶ scores ──softmax loss against w1 w2 … <END> (padding masked)──▶ loss           "and tell"
 
 This is the architecture of Vinyals et al. (2015, "Show and Tell"), with the image entering through the initial
 hidden state as in CS231n and Karpathy's neuraltalk. Everything is composed from `minicap.nn`; the backward pass
@@ -210,8 +210,9 @@ class CaptionModel:
         if captions.ndim != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
             raise ValueError(f"captions must be (N, T+1) with N = {features.shape[0]}, T ≥ 1; got {captions.shape}")
         p = self.params
+        N, T = captions.shape[0], captions.shape[1] - 1
         words_in, targets = captions[:, :-1], captions[:, 1:]
-        mask = target_mask(targets)
+        counted = target_mask(targets).reshape(N * T)  # (N·T,) positions that count in the loss
 
         # Forward: image -> h0; words -> vectors; recurrence; scores; loss.
         h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
@@ -220,12 +221,20 @@ class CaptionModel:
             h, rec_cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
         else:
             h, rec_cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
-        scores, vocab_cache = nn.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
-        loss, dscores = nn.temporal_softmax_loss(scores, targets, mask)
+        # Only the K counted positions go through the vocabulary projection and the softmax. Masked positions would
+        # contribute exactly 0 to the loss and its gradient, so scoring them is pure waste — with V = 10,000 these
+        # (K, V) arrays are the largest of the step, and a COCO batch padded to T = 16 is about 30% padding.
+        h_counted = h.reshape(N * T, -1)[counted]  # (K, H)
+        scores, vocab_cache = nn.affine_forward(h_counted, p["W_vocab"], p["b_vocab"])  # (K, V)
+        weights = np.full(scores.shape[0], 1.0 / N, dtype=self.dtype)  # loss = Σ cross-entropy / N
+        loss, dscores = nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights)
 
         # Backward: the same path in reverse.
         grads: dict[str, np.ndarray] = {}
-        dh, grads["W_vocab"], grads["b_vocab"] = nn.temporal_affine_backward(dscores, vocab_cache)
+        dh_counted, grads["W_vocab"], grads["b_vocab"] = nn.affine_backward(dscores, vocab_cache)
+        dh = np.zeros((N * T, self.hidden_size), dtype=self.dtype)
+        dh[counted] = dh_counted  # masked positions get exactly 0
+        dh = dh.reshape(N, T, self.hidden_size)
         if self.cell == "lstm":
             dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = nn.lstm_backward(dh, rec_cache)
         else:
