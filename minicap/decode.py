@@ -1,0 +1,266 @@
+"""Turning a trained CaptionModel into captions: greedy decoding, temperature sampling, beam search.
+
+All three decoders talk to the model through two calls only:
+
+    state = model.initial_state(features)          features (N, F) -> the state before the first word
+    logits, state = model.step(words, state)       words (N,) -> next-word scores (N, V) and the new state
+
+so they work for any cell (LSTM or RNN) and never see the model's internals. Every decoder starts each caption
+with <START> and feeds back the word it chose.
+
+Conventions shared by the decoders:
+
+* `max_length` is the most tokens generated per caption, <END> included: a caption is either k < max_length words
+  followed by <END>, or max_length words cut off there (no <END>).
+* The result is an int32 array (N, max_length): the generated ids, then <NULL> (= 0) after <END>.
+  `decode_captions(ids, vocab)` turns it into text.
+* A decoder never emits <NULL> or <START> (they are not words), and by default not <UNK> either ("a <UNK> on
+  a <UNK>" is no caption; `allow_unk=True` permits it). Those tokens' logits are set to −∞ before the softmax,
+  so the probabilities are renormalised over the tokens a caption may contain. Log-probabilities reported here
+  (`beam_search(..., return_scores=True)`, `caption_log_probs`) are under that renormalised distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel, RecurrentState
+from minicap.nn import log_softmax
+
+__all__ = [
+    "UNK_ID",
+    "allowed_tokens",
+    "greedy",
+    "sample",
+    "beam_search",
+    "length_penalty_factor",
+    "caption_log_probs",
+    "decode_captions",
+]
+
+UNK_ID = 3  # the Vocabulary's <UNK> (minicap.data.UNK)
+
+
+def allowed_tokens(vocab_size: int, allow_unk: bool = False) -> np.ndarray:
+    """(V,) bool: which tokens a decoder may emit. Never <NULL> or <START>; <UNK> only if `allow_unk`."""
+    allowed = np.ones(vocab_size, dtype=bool)
+    allowed[[NULL_ID, START_ID]] = False
+    if not allow_unk:
+        allowed[UNK_ID] = False
+    return allowed
+
+
+def _check_args(model: CaptionModel, features: np.ndarray, max_length: int) -> np.ndarray:
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be (N, F), got shape {features.shape}")
+    if int(max_length) != max_length or max_length < 1:
+        raise ValueError(f"max_length must be an integer >= 1, got {max_length}")
+    return features
+
+
+def _masked_log_probs(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(N, V) logits -> (N, V) float64 log-probabilities over the allowed tokens (−∞ elsewhere).
+
+    float64: beam search adds these up over many steps and compares the sums.
+    """
+    return log_softmax(np.where(allowed, logits.astype(np.float64), -np.inf), axis=1)
+
+
+# --------------------------------------------------------------------------------------------------- greedy
+
+
+def greedy(model: CaptionModel, features: np.ndarray, max_length: int = 20, allow_unk: bool = False) -> np.ndarray:
+    """The most likely next word at every step: features (N, F) -> ids (N, max_length) int32.
+
+    Fast and deterministic, but short-sighted: a likely first word can lead to a caption that is less likely
+    overall than one starting with a less likely word (beam search looks further).
+    """
+    features = _check_args(model, features, max_length)
+    N = features.shape[0]
+    allowed = allowed_tokens(model.vocab_size, allow_unk)
+    ids = np.full((N, max_length), NULL_ID, dtype=np.int32)
+    words = np.full(N, START_ID, dtype=np.int64)
+    done = np.zeros(N, dtype=bool)
+    state = model.initial_state(features)
+    for t in range(max_length):
+        logits, state = model.step(words, state)
+        words = np.where(allowed, logits, -np.inf).argmax(axis=1)
+        words[done] = NULL_ID  # a finished caption is padded (its row is still computed: simpler, and cheap)
+        ids[:, t] = words
+        done |= words == END_ID
+        if done.all():
+            break
+    return ids
+
+
+# --------------------------------------------------------------------------------------------------- sampling
+
+
+def sample(
+    model: CaptionModel,
+    features: np.ndarray,
+    temperature: float = 1.0,
+    rng: np.random.Generator | int | None = None,
+    max_length: int = 20,
+    allow_unk: bool = False,
+) -> np.ndarray:
+    """Draw each next word at random from softmax(logits / temperature): features (N, F) -> ids (N, max_length).
+
+    temperature: > 0. 1 samples from the model's own distribution; below 1 sharpens it (→ 0 approaches greedy
+        decoding); above 1 flattens it (more varied, more mistakes). Use `greedy` for temperature 0.
+    rng: a Generator, or a seed for one. The same seed gives the same captions.
+    """
+    temperature = float(temperature)
+    if not (np.isfinite(temperature) and temperature > 0.0):
+        raise ValueError(f"temperature must be a finite number > 0 (use greedy() for temperature 0), got {temperature}")
+    features = _check_args(model, features, max_length)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    N = features.shape[0]
+    allowed = allowed_tokens(model.vocab_size, allow_unk)
+    ids = np.full((N, max_length), NULL_ID, dtype=np.int32)
+    words = np.full(N, START_ID, dtype=np.int64)
+    done = np.zeros(N, dtype=bool)
+    state = model.initial_state(features)
+    for t in range(max_length):
+        logits, state = model.step(words, state)
+        probs = np.exp(_masked_log_probs(logits.astype(np.float64) / temperature, allowed))  # (N, V)
+        # Inverse-CDF sampling, all rows at once: the first token whose cumulative probability exceeds u ~ U[0, 1).
+        # Dividing by the last entry makes it exactly 1 > u, so the answer is always a token of probability > 0
+        # (never one the mask removed, whatever the rounding of the sum).
+        cdf = np.cumsum(probs, axis=1)
+        cdf /= cdf[:, -1:]
+        words = (cdf <= rng.random((N, 1))).sum(axis=1)
+        words[done] = NULL_ID
+        ids[:, t] = words
+        done |= words == END_ID
+        if done.all():
+            break
+    return ids
+
+
+# --------------------------------------------------------------------------------------------------- beam search
+
+
+def length_penalty_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
+    """GNMT's length penalty lp(len) = ((5 + len) / 6) ** alpha (Wu et al. 2016, eq. 14).
+
+    A hypothesis is ranked by log P(caption) / lp(len), len = tokens generated (<END> included). Every log P is
+    negative and longer captions have more terms, so the plain sum favours short captions; dividing by lp(len)
+    undoes part of that. alpha = 0 gives lp = 1 (rank by probability alone); GNMT used alpha ≈ 0.6–0.7.
+    """
+    return ((5.0 + np.asarray(lengths, dtype=np.float64)) / 6.0) ** alpha
+
+
+def beam_search(
+    model: CaptionModel,
+    features: np.ndarray,
+    beam_size: int = 3,
+    max_length: int = 20,
+    length_penalty: float = 0.0,
+    allow_unk: bool = False,
+    return_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Keep the `beam_size` most probable partial captions at every step; return the best finished one per image.
+
+    features (N, F) -> ids (N, max_length) int32; with `return_scores`, also (N,) float64 total log-probabilities
+    log P(caption) of the returned captions (not length-normalised).
+
+    All images are searched together: the N·B hypotheses (B = beam_size) are the rows of one `model.step` call.
+    At each step, for image n with hypotheses b = 1..B of scores s_b (summed log-probabilities so far):
+
+        candidates  s_b + log p(w | hypothesis b)    for every b and every allowed word w   (B·V of them)
+        keep        the B best candidates; their words extend their hypotheses, their states are gathered
+
+    A hypothesis that has emitted <END> stays in the beam with its score frozen (its only continuation is <NULL>
+    at cost 0), so it competes with the unfinished ones by plain log-probability. The search stops when every
+    hypothesis has ended or after `max_length` tokens. The answer is the hypothesis with the best
+    score / lp(len), lp = `length_penalty_factor` with alpha = `length_penalty`; with alpha = 0 that is the most
+    probable hypothesis found. beam_size = 1 is greedy decoding.
+
+    At the first step all B hypotheses would be the same "<START>", so only one starts with score 0 (the others
+    −∞) and the first B candidates are B different words.
+    """
+    if int(beam_size) != beam_size or beam_size < 1:
+        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size}")
+    if not np.isfinite(length_penalty) or length_penalty < 0:
+        raise ValueError(f"length_penalty (alpha) must be a finite number >= 0, got {length_penalty}")
+    features = _check_args(model, features, max_length)
+    N, B, V = features.shape[0], int(beam_size), model.vocab_size
+    allowed = allowed_tokens(V, allow_unk)
+
+    state = model.initial_state(features)
+    state = RecurrentState(*(None if s is None else np.repeat(s, B, axis=0) for s in state))  # rows n·B + b
+    words = np.full(N * B, START_ID, dtype=np.int64)
+    tokens = np.full((N, B, max_length), NULL_ID, dtype=np.int32)
+    scores = np.full((N, B), -np.inf)
+    scores[:, 0] = 0.0
+    lengths = np.zeros((N, B), dtype=np.int64)
+    finished = np.zeros((N, B), dtype=bool)
+    image = np.arange(N)[:, None]
+
+    for t in range(max_length):
+        logits, state = model.step(words, state)
+        log_p = _masked_log_probs(logits, allowed).reshape(N, B, V)
+        log_p[finished] = -np.inf  # a finished hypothesis continues only with <NULL>, at no cost
+        log_p[finished, NULL_ID] = 0.0
+        candidates = (scores[:, :, None] + log_p).reshape(N, B * V)
+        # The B best candidates per image; a stable sort breaks ties by the lower index (as greedy's argmax does).
+        best = np.argsort(-candidates, axis=1, kind="stable")[:, :B]  # (N, B) indices into B·V
+        parent, word = best // V, best % V
+        scores = candidates[image, best]
+        tokens = tokens[image, parent]  # each new hypothesis copies its parent's tokens...
+        tokens[:, :, t] = word  # ...and adds its word
+        was_finished = finished[image, parent]
+        lengths = lengths[image, parent] + ~was_finished
+        finished = was_finished | (word == END_ID)
+        rows = (image * B + parent).reshape(-1)
+        state = RecurrentState(*(None if s is None else s[rows] for s in state))
+        words = word.reshape(-1)
+        if finished.all():
+            break
+
+    ranked = scores / length_penalty_factor(np.maximum(lengths, 1), length_penalty)
+    choice = ranked.argmax(axis=1)
+    ids = tokens[np.arange(N), choice]
+    return (ids, scores[np.arange(N), choice]) if return_scores else ids
+
+
+# --------------------------------------------------------------------------------------------------- scoring, text
+
+
+def caption_log_probs(
+    model: CaptionModel, features: np.ndarray, ids: np.ndarray, allow_unk: bool = False
+) -> np.ndarray:
+    """log P(caption | image) of given captions under the decoders' distribution: (N, F), (N, L) -> (N,) float64.
+
+    ids as the decoders return them: tokens up to and including the first <END>, then <NULL>. The sum covers
+    the tokens before the first <NULL> (so <END> counts). A token a decoder may not emit scores −∞.
+    """
+    features = np.asarray(features)
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.shape[0] != features.shape[0]:
+        raise ValueError(f"ids must be (N, L) with N = {features.shape[0]}, got {ids.shape}")
+    allowed = allowed_tokens(model.vocab_size, allow_unk)
+    total = np.zeros(ids.shape[0])
+    active = np.ones(ids.shape[0], dtype=bool)  # still inside the caption
+    words = np.full(ids.shape[0], START_ID, dtype=np.int64)
+    state = model.initial_state(features)
+    for t in range(ids.shape[1]):
+        target = ids[:, t].astype(np.int64)
+        active &= target != NULL_ID
+        if not active.any():
+            break
+        logits, state = model.step(words, state)
+        log_p = _masked_log_probs(logits, allowed)
+        total += np.where(active, log_p[np.arange(len(target)), target], 0.0)
+        active &= target != END_ID
+        words = target
+    return total
+
+
+def decode_captions(ids: np.ndarray, vocab: Any) -> list[str]:
+    """(N, L) ids -> N caption strings (stops at <END>, skips <NULL>/<START>; see `Vocabulary.decode`)."""
+    return [vocab.decode(row) for row in np.asarray(ids)]

@@ -1,0 +1,266 @@
+"""Decoders: greedy, temperature sampling and beam search against hand-built models whose answers are known."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from minicap.data import Vocabulary
+from minicap.decode import (
+    UNK_ID,
+    beam_search,
+    caption_log_probs,
+    decode_captions,
+    greedy,
+    length_penalty_factor,
+    sample,
+)
+from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel
+from minicap.nn import log_softmax
+
+A, B = 4, 5  # the two words of the hand-built vocabulary: <NULL> <START> <END> <UNK> a b
+V_SMALL = 6
+MASKED = -30.0  # a logit for tokens the decoders mask anyway (<NULL>, <START>, <UNK>)
+
+
+def bigram_model(probs: dict[int, dict[int, float]]) -> tuple[CaptionModel, np.ndarray]:
+    """A CaptionModel whose next-word logits depend only on the previous token: logits(prev) = L[prev].
+
+    RNN cell with one-hot word vectors, Wx = I, Wh = 0, b = 0: h = tanh(e_prev) = tanh(1)·e_prev, so
+    h @ W_vocab = L[prev] when W_vocab = L / tanh(1). `probs[prev]` gives the next-token probabilities over
+    <END>, a, b; the image does not matter (W_proj = 0). Returns the model and L (V, V).
+    """
+    L = np.full((V_SMALL, V_SMALL), MASKED)
+    for prev, row in probs.items():
+        for tok, p in row.items():
+            L[prev, tok] = np.log(p)
+    model = CaptionModel(
+        V_SMALL, feature_size=3, wordvec_size=V_SMALL, hidden_size=V_SMALL, cell="rnn", dtype=np.float64
+    )
+    p = model.params
+    p["W_embed"][:] = np.eye(V_SMALL)
+    p["Wx"][:] = np.eye(V_SMALL)
+    p["Wh"][:] = 0.0
+    p["b"][:] = 0.0
+    p["W_proj"][:] = 0.0
+    p["b_proj"][:] = 0.0
+    p["W_vocab"][:] = L / np.tanh(1.0)
+    p["b_vocab"][:] = 0.0
+    return model, L
+
+
+def brute_force(L: np.ndarray, max_length: int, alpha: float = 0.0) -> tuple[tuple[int, ...], float]:
+    """Best caption over ALL captions of up to `max_length` tokens by log P / lp(len), straight from L.
+
+    A caption is k < max_length words then <END>, or max_length words (cut off). Log-probabilities are over the
+    allowed tokens (<END>, a, b), as the decoders define them. Returns (tokens, total log P).
+    """
+    allowed = [END_ID, A, B]
+    log_p = log_softmax(L[:, allowed], axis=1)  # (V, 3) renormalised over the allowed tokens
+    col = {tok: k for k, tok in enumerate(allowed)}
+    best, best_ranked, best_logp = None, -np.inf, None
+    captions = [[*words, END_ID] for k in range(max_length) for words in itertools.product([A, B], repeat=k)]
+    captions += [list(words) for words in itertools.product([A, B], repeat=max_length)]  # cut off, no <END>
+    for caption in captions:
+        prev, total = START_ID, 0.0
+        for tok in caption:
+            total += log_p[prev, col[tok]]
+            prev = tok
+        ranked = total / length_penalty_factor(np.array(len(caption)), alpha)
+        if ranked > best_ranked:
+            best, best_ranked, best_logp = tuple(caption), ranked, total
+    return best, best_logp
+
+
+def _tokens(row: np.ndarray) -> tuple[int, ...]:
+    """The generated tokens of one output row (up to the first <NULL>)."""
+    row = [int(t) for t in row]
+    return tuple(row[: row.index(NULL_ID)] if NULL_ID in row else row)
+
+
+# A model where greedy decoding goes wrong: "a" is the likelier first word, but after "a" every continuation is
+# a coin toss, while "b" is almost always followed by <END>. Best caption: "b <END>" (0.4 · 0.9 = 0.36).
+GREEDY_TRAP = {
+    START_ID: {A: 0.5, B: 0.4, END_ID: 0.1},
+    A: {A: 0.34, B: 0.33, END_ID: 0.33},
+    B: {END_ID: 0.9, A: 0.05, B: 0.05},
+}
+
+
+def random_model(cell: str = "lstm", V: int = 15, seed: int = 0) -> CaptionModel:
+    """A random (untrained) model with spread-out logits, so decoders have real choices to make."""
+    model = CaptionModel(V, feature_size=6, wordvec_size=5, hidden_size=8, cell=cell, dtype=np.float64, seed=seed)
+    model.params["W_vocab"] *= 4.0
+    return model
+
+
+def test_beam_search_finds_the_best_caption_that_greedy_misses():
+    model, L = bigram_model(GREEDY_TRAP)
+    features = np.zeros((1, 3))
+    max_length = 4
+    greedy_ids = greedy(model, features, max_length=max_length)
+    beam_ids, beam_logp = beam_search(model, features, beam_size=2, max_length=max_length, return_scores=True)
+    best, best_logp = brute_force(L, max_length)
+
+    assert _tokens(greedy_ids[0]) == (A, A, A, A)  # greedy follows the likeliest first word and never ends
+    assert _tokens(beam_ids[0]) == best == (B, END_ID)
+    greedy_logp = caption_log_probs(model, features, greedy_ids)[0]
+    assert beam_logp[0] > greedy_logp + 2.0  # log 0.36 ≈ −1.02 against log(0.5·0.34³) ≈ −3.93
+    assert beam_logp[0] == pytest.approx(best_logp, abs=1e-9)
+    assert caption_log_probs(model, features, beam_ids)[0] == pytest.approx(beam_logp[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7, 3.0])
+def test_exhaustive_beam_equals_brute_force_under_length_normalisation(alpha):
+    # "b <END>" is the most probable caption; longer ones are less probable in total but better per token.
+    probs = {
+        START_ID: {A: 0.45, B: 0.5, END_ID: 0.05},
+        A: {A: 0.7, B: 0.05, END_ID: 0.25},
+        B: {END_ID: 0.6, A: 0.2, B: 0.2},
+    }
+    model, L = bigram_model(probs)
+    features = np.zeros((1, 3))
+    # 3 + 9 + 27 + 81 hypotheses at most: a beam of 128 keeps all of them, so the search is exhaustive.
+    ids, logp = beam_search(model, features, beam_size=128, max_length=4, length_penalty=alpha, return_scores=True)
+    best, best_logp = brute_force(L, 4, alpha)
+    assert _tokens(ids[0]) == best
+    assert logp[0] == pytest.approx(best_logp, abs=1e-9)
+
+
+def test_length_penalty_changes_the_answer_towards_longer_captions():
+    probs = {
+        START_ID: {A: 0.45, B: 0.5, END_ID: 0.05},
+        A: {A: 0.7, B: 0.05, END_ID: 0.25},
+        B: {END_ID: 0.6, A: 0.2, B: 0.2},
+    }
+    model, _ = bigram_model(probs)
+    features = np.zeros((1, 3))
+    plain = _tokens(beam_search(model, features, beam_size=8, max_length=6, length_penalty=0.0)[0])
+    normalised = _tokens(beam_search(model, features, beam_size=8, max_length=6, length_penalty=3.0)[0])
+    assert plain == (B, END_ID)
+    assert len(normalised) > len(plain)
+    assert length_penalty_factor(np.array([1, 4]), 0.0).tolist() == [1.0, 1.0]
+    assert length_penalty_factor(np.array(7), 1.0) == pytest.approx(2.0)  # ((5 + 7) / 6)^1
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_beam_size_one_is_greedy(cell, rng):
+    model = random_model(cell)
+    features = rng.standard_normal((12, 6))
+    np.testing.assert_array_equal(beam_search(model, features, beam_size=1, max_length=9), greedy(model, features, 9))
+
+
+def test_batched_beam_search_equals_one_image_at_a_time(rng):
+    model = random_model("lstm", seed=3)
+    features = rng.standard_normal((5, 6))
+    together, scores = beam_search(model, features, beam_size=4, max_length=8, length_penalty=0.6, return_scores=True)
+    for n in range(5):
+        alone, score = beam_search(model, features[n : n + 1], 4, 8, length_penalty=0.6, return_scores=True)
+        np.testing.assert_array_equal(together[n], alone[0])
+        assert scores[n] == pytest.approx(score[0], abs=1e-12)
+
+
+def test_outputs_have_fixed_shape_and_pad_after_end(rng):
+    model = random_model("rnn", seed=1)
+    features = rng.standard_normal((20, 6))
+    for ids in (
+        greedy(model, features, max_length=7),
+        sample(model, features, temperature=1.5, rng=0, max_length=7),
+        beam_search(model, features, beam_size=3, max_length=7),
+    ):
+        assert ids.shape == (20, 7) and ids.dtype == np.int32
+        for row in ids:
+            ends = np.flatnonzero(row == END_ID)
+            if ends.size:  # everything after the first <END> is <NULL>, and nothing before it is
+                assert np.all(row[ends[0] + 1 :] == NULL_ID)
+                assert np.all(row[: ends[0]] != NULL_ID)
+            else:
+                assert np.all(row != NULL_ID)  # cut off at max_length: all words
+            assert not np.any(row == START_ID)
+
+
+def test_unk_is_never_emitted_by_default_even_when_it_is_the_likeliest_token(rng):
+    model = random_model("lstm")
+    model.params["b_vocab"][UNK_ID] = 50.0  # <UNK> dominates every step
+    features = rng.standard_normal((10, 6))
+    for ids in (
+        greedy(model, features, 6),
+        sample(model, features, temperature=2.0, rng=1, max_length=6),
+        beam_search(model, features, beam_size=3, max_length=6),
+    ):
+        assert not np.any(ids == UNK_ID)
+    assert np.all(greedy(model, features, 6, allow_unk=True) == UNK_ID)
+    assert np.all(beam_search(model, features, 2, 6, allow_unk=True) == UNK_ID)
+
+
+def test_null_and_start_are_never_emitted_even_when_likeliest(rng):
+    model = random_model("rnn")
+    model.params["b_vocab"][[NULL_ID, START_ID]] = 50.0
+    features = rng.standard_normal((10, 6))
+    ids = sample(model, features, temperature=1.0, rng=0, max_length=6)
+    assert not np.any(ids == START_ID)
+    for row in ids:  # <NULL> only as padding after <END>
+        generated = _tokens(row)
+        assert NULL_ID not in generated and (len(generated) == 6 or generated[-1] == END_ID)
+    assert not np.any(greedy(model, features, 6) == START_ID)
+
+
+def test_sampling_follows_the_model_distribution():
+    model, L = bigram_model(GREEDY_TRAP)
+    features = np.zeros((20000, 3))
+    first = sample(model, features, temperature=1.0, rng=7, max_length=1)[:, 0]
+    freq = np.bincount(first, minlength=V_SMALL) / len(first)
+    # Sampling std of a frequency near 0.5 with 20000 draws is 0.0035; 0.02 is over 5 standard deviations.
+    np.testing.assert_allclose(freq[[END_ID, A, B]], [0.1, 0.5, 0.4], atol=0.02)
+    # Temperature 2 flattens: p ∝ p^(1/2).
+    hot = sample(model, features, temperature=2.0, rng=7, max_length=1)[:, 0]
+    expected = np.sqrt([0.1, 0.5, 0.4])
+    np.testing.assert_allclose(
+        np.bincount(hot, minlength=V_SMALL)[[END_ID, A, B]] / 20000, expected / expected.sum(), atol=0.02
+    )
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_sampling_at_temperature_near_zero_is_greedy(cell, rng):
+    model = random_model(cell, seed=5)
+    features = rng.standard_normal((30, 6))
+    np.testing.assert_array_equal(
+        sample(model, features, temperature=1e-8, rng=0, max_length=8), greedy(model, features, 8)
+    )
+    # ...while at temperature 1 the samples differ from greedy somewhere, and the same seed repeats them.
+    warm = sample(model, features, temperature=1.0, rng=0, max_length=8)
+    assert np.any(warm != greedy(model, features, 8))
+    np.testing.assert_array_equal(warm, sample(model, features, temperature=1.0, rng=0, max_length=8))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
+def test_temperature_is_validated(temperature):
+    model = random_model()
+    with pytest.raises(ValueError, match="temperature"):
+        sample(model, np.zeros((1, 6)), temperature=temperature, rng=0)
+
+
+def test_argument_validation():
+    model = random_model()
+    with pytest.raises(ValueError, match="max_length"):
+        greedy(model, np.zeros((1, 6)), max_length=0)
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(model, np.zeros((1, 6)), beam_size=0)
+    with pytest.raises(ValueError, match="length_penalty"):
+        beam_search(model, np.zeros((1, 6)), length_penalty=-1.0)
+    with pytest.raises(ValueError, match="features"):
+        greedy(model, np.zeros((1, 5)))  # the model expects F = 6
+
+
+def test_decode_captions_turns_ids_into_text():
+    vocab = Vocabulary.from_captions(["a dog runs", "a man's dog"])
+    idx = vocab.word_to_idx
+    ids = np.array(
+        [
+            [idx["a"], idx["dog"], idx["runs"], END_ID, NULL_ID],
+            [idx["a"], idx["man"], idx["'s"], idx["dog"], idx["dog"]],
+        ]
+    )
+    assert decode_captions(ids, vocab) == ["a dog runs", "a man's dog dog"]
