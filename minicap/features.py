@@ -207,35 +207,40 @@ class FeatureStore:
             spatial=None if self.spatial is None else self.spatial[rows],
         )
 
-    def merge(self, other: FeatureStore) -> FeatureStore:
-        """The union of two stores made by the same encoder; for ids in both, this store's rows are kept.
+    def merge(self, *others: FeatureStore) -> FeatureStore:
+        """The union of this store and `others`, made by the same encoder; an id in several keeps its first row.
 
-        Refuses stores from different ONNX files (their features live in different spaces), of different F, or
-        where only one has spatial maps.
+        One concatenation for any number of stores (merging chunk by chunk would copy O(N^2) bytes). Refuses
+        stores from different ONNX files (their features live in different spaces), of different F, or where
+        only some have spatial maps.
         """
-        mine, theirs = self.manifest.get("onnx_sha256"), other.manifest.get("onnx_sha256")
-        if mine != theirs:
-            raise FeatureStoreError(
-                f"cannot merge feature stores from different encoders (onnx sha256 {mine} vs {theirs})"
-            )
-        if self.feature_size != other.feature_size:
-            raise FeatureStoreError(f"cannot merge F={self.feature_size} with F={other.feature_size} features")
-        if (self.spatial is None) != (other.spatial is None) or (
-            self.spatial is not None and other.spatial is not None and self.spatial.shape[1:] != other.spatial.shape[1:]
-        ):
-            raise FeatureStoreError("cannot merge a store with spatial maps and one without (or of other shapes)")
-        new = ~np.isin(other.ids, self.ids)
-        ids = np.concatenate([self.ids, other.ids[new]])
-        manifest = copy.deepcopy(self.manifest)
-        kept = set(ids.tolist())
-        skipped = {int(s["id"]): s for s in other.skipped + self.skipped if int(s["id"]) not in kept}
-        manifest["skipped"] = [copy.deepcopy(skipped[i]) for i in sorted(skipped)]
+        stores = [self, *others]
+        for other in others:
+            mine, theirs = self.manifest.get("onnx_sha256"), other.manifest.get("onnx_sha256")
+            if mine != theirs:
+                raise FeatureStoreError(
+                    f"cannot merge feature stores from different encoders (onnx sha256 {mine} vs {theirs})"
+                )
+            if self.feature_size != other.feature_size:
+                raise FeatureStoreError(f"cannot merge F={self.feature_size} with F={other.feature_size} features")
+            if self.spatial_shape != other.spatial_shape:
+                raise FeatureStoreError(
+                    f"cannot merge stores with spatial maps {self.spatial_shape} and {other.spatial_shape}"
+                )
+        all_ids = np.concatenate([s.ids for s in stores])
+        _, first = np.unique(all_ids, return_index=True)  # the first row of every id
+        keep = np.sort(first)  # in the stores' own order
         spatial = None
-        if self.spatial is not None and other.spatial is not None:
-            spatial = np.concatenate([self.spatial, other.spatial[new].astype(self.spatial.dtype)])
+        if self.spatial is not None:
+            spatial = np.concatenate([s.spatial.astype(self.spatial.dtype, copy=False) for s in stores])[keep]
+        ids = all_ids[keep]
+        kept = set(ids.tolist())
+        skipped = {int(x["id"]): x for s in reversed(stores) for x in s.skipped if int(x["id"]) not in kept}
+        manifest = copy.deepcopy(self.manifest)
+        manifest["skipped"] = [copy.deepcopy(skipped[i]) for i in sorted(skipped)]
         return FeatureStore(
             ids=ids,
-            features=np.concatenate([self.features, other.features[new]]),
+            features=np.concatenate([s.features for s in stores])[keep],
             manifest=manifest,
             spatial=spatial,
         )
@@ -579,19 +584,18 @@ def _load_previous(out_path: Path, encoder: OnnxEncoder, spatial: bool) -> tuple
                 "delete it or choose another output path"
             )
 
-    previous = None
+    found: list[FeatureStore] = []
     if out_path.exists():
-        previous = FeatureStore.load(out_path)
-        check(previous, out_path)
+        found.append(FeatureStore.load(out_path))
+        check(found[-1], out_path)
     next_part = 0
     parts_dir = _parts_dir(out_path)
     if parts_dir.is_dir():
         for part_path in sorted(parts_dir.glob("part-*.pkl")):
-            part = FeatureStore.load(part_path)
-            check(part, part_path)
-            previous = part if previous is None else previous.merge(part)
+            found.append(FeatureStore.load(part_path))
+            check(found[-1], part_path)
             next_part = max(next_part, int(part_path.stem.split("-")[1]) + 1)
-    return previous, next_part
+    return (found[0].merge(*found[1:]) if found else None), next_part
 
 
 def extract_features(
@@ -677,9 +681,8 @@ def extract_features(
 
     # The final store: everything reused + everything new, sorted by id; skipped = this run's failures plus
     # earlier failures of ids this run did not ask about.
-    store = previous
-    for chunk in chunks:  # this run's chunks hold only ids `previous` lacked
-        store = chunk if store is None else store.merge(chunk)
+    pieces = ([previous] if previous is not None else []) + chunks  # the chunks hold only ids `previous` lacked
+    store = pieces[0].merge(*pieces[1:]) if pieces else None
     if store is None:
         s = encoder.spec
         shape = (0, *s.spatial_shape)

@@ -191,6 +191,17 @@ def test_subset_and_merge():
     np.testing.assert_array_equal(merged.lookup([200]), np.full((1, 4), 9.0, np.float32))
     assert [s["id"] for s in merged.skipped] == [7]  # 200 now has features, so it is no longer "skipped"
 
+    # Several at once, in one concatenation: the first store holding an id wins.
+    third = FeatureStore(
+        ids=np.array([200, 300], np.int64),
+        features=np.full((2, 4), -1.0, np.float32),
+        manifest={"onnx_sha256": "a" * 64},
+        spatial=np.ones((2, 2, 2, 4), np.float32),  # float32 maps join the float16 store as float16
+    )
+    many = sub.merge(other, third)
+    assert many.ids.tolist() == [103, 101, 200, 300] and many.spatial.dtype == np.float16
+    np.testing.assert_array_equal(many.lookup([200, 300]), [[9.0] * 4, [-1.0] * 4])
+
     foreign = small_store(sha="b" * 64, spatial=True)
     with pytest.raises(FeatureStoreError, match="different encoders"):
         store.merge(foreign)
