@@ -244,6 +244,80 @@ def _run_encoder_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- train
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a captioner on a feature store + COCO captions (checkpoints, history, curves)",
+        description="Split the images 80/10/10 (train/val/test) by --split-seed, build the vocabulary from the "
+        "training captions, train with Adam (cosine schedule with warm-up), global-norm clipping, validation loss "
+        "each epoch and early stopping, and write DIR/last.npz (every epoch), DIR/best.npz (best validation "
+        "loss), DIR/history.json and DIR/training_curves.png. --resume continues a run exactly where it stopped. "
+        "Exit code: 0 trained, 1 training diverged (NaN/inf loss; checkpoints kept), 2 bad input.",
+    )
+    p.add_argument("--features", required=True, metavar="F.pkl", help="feature store from `minicap extract`")
+    p.add_argument("--captions", required=True, metavar="JSON", help="COCO captions JSON of those images")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/train; with --resume: its folder)")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (e.g. DIR/last.npz)")
+    # Defaults are None here so that a resumed run can tell options given on purpose (checked against the
+    # checkpoint) from defaults; minicap.train.train_coco fills in the documented defaults.
+    p.add_argument("--split-seed", type=int, help="seed of the train/val/test split by image (default 0)")
+    p.add_argument("--max-length", type=int, help="longest caption in words; longer ones are cut (default 16)")
+    p.add_argument("--min-count", type=int, help="keep words seen at least this often in training (default 5)")
+    p.add_argument("--hidden", type=int, help="hidden size H (default 512)")
+    p.add_argument("--wordvec", type=int, help="word-vector size W (default 256)")
+    p.add_argument("--cell", choices=["lstm", "rnn"], help="recurrent cell (default lstm)")
+    p.add_argument("--epochs", type=int, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=int, help="captions per update (default 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate of Adam (default 1e-3)")
+    p.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule (default cosine)")
+    p.add_argument("--clip", type=float, help="global gradient-norm threshold (default 5)")
+    p.add_argument("--patience", type=int, help="epochs without improvement before stopping; 0 = never (default 5)")
+    p.add_argument("--seed", type=int, help="seed of the initialisation and minibatch order (default 0)")
+    p.add_argument("--max-seconds", type=float, metavar="S", help="time budget; stops resumably when it runs out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from minicap.safe_io import UnsafePickleError
+    from minicap.train import TrainingDiverged, train_coco
+
+    try:
+        result = train_coco(
+            args.features,
+            args.captions,
+            args.out,
+            resume=args.resume,
+            split_seed=args.split_seed,
+            max_length=args.max_length,
+            min_count=args.min_count,
+            hidden_size=args.hidden,
+            wordvec_size=args.wordvec,
+            cell=args.cell,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            schedule=args.schedule,
+            clip=args.clip,
+            patience=args.patience,
+            seed=args.seed,
+            max_seconds=args.max_seconds,
+            progress=not args.no_progress,
+        )
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    # Missing files, bad JSON, foreign or truncated checkpoints/stores, missing features (a KeyError), bad options.
+    except (OSError, ValueError, LookupError, UnsafePickleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 _SUBCOMMANDS = [
@@ -251,6 +325,7 @@ _SUBCOMMANDS = [
     _add_data,
     _add_extract,
     _add_encoder,
+    _add_train,
 ]
 
 
