@@ -32,7 +32,14 @@ import numpy as np
 
 from minicap import nn
 
-__all__ = ["adding_problem", "ADDING_BASELINE_MSE", "INITS", "SequenceRegressor", "StateGradientNorms"]
+__all__ = [
+    "adding_problem",
+    "ADDING_BASELINE_MSE",
+    "INITS",
+    "SequenceRegressor",
+    "StateGradientNorms",
+    "fit_decay_factor",
+]
 
 ADDING_BASELINE_MSE = 1.0 / 6.0  # MSE of always predicting 1.0 = Var(u1 + u2) for u1, u2 ~ U[0, 1]
 
@@ -318,3 +325,24 @@ class SequenceRegressor:
         H = self.hidden_size
         f = self._recurrence(x).gates[:, :, H : 2 * H].astype(np.float64)  # (T, N, H), gate order i, f, o, g
         return f.mean(axis=(0, 1)) if per_unit else float(f.mean())
+
+
+def fit_decay_factor(norms: np.ndarray, k_min: int = 5, k_max: int | None = None, floor: float = 1e-250) -> float:
+    """The per-step factor λ of a geometric decay norms[k] ≈ C·λᵏ, fitted by least squares on log norms[k].
+
+    norms: (K,) positive numbers indexed by the distance k back in time (e.g. the batch mean of
+    `StateGradientNorms.h`). The fit uses k_min ≤ k ≤ k_max (default: the last index) and stops before the
+    first value that is not above `floor`, so a curve that has reached the bottom of the float range (or 0)
+    does not bend the line. k_min skips the first few steps, where the curve has not settled on its
+    asymptotic slope yet. Returns λ = exp(slope): below 1 the gradient vanishes, above 1 it explodes.
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    k_max = len(norms) - 1 if k_max is None else min(k_max, len(norms) - 1)
+    ks = np.arange(k_min, k_max + 1)
+    below = np.flatnonzero(~(norms[ks] > floor))  # also catches NaN
+    if below.size:
+        ks = ks[: below[0]]
+    if ks.size < 2:
+        raise ValueError(f"fit_decay_factor: fewer than 2 usable points in k = {k_min}…{k_max} above {floor:g}")
+    slope = np.polyfit(ks, np.log(norms[ks]), 1)[0]
+    return float(np.exp(slope))

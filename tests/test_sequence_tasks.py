@@ -12,7 +12,7 @@ import pytest
 from minicap import nn
 from minicap.gradcheck import NORM_REL, REFERENCE_DTYPE, SEQUENCE_MAX_REL, compare, numerical_gradient
 from minicap.optim import Adam, clip_grad_norm
-from minicap.sequence_tasks import ADDING_BASELINE_MSE, INITS, SequenceRegressor, adding_problem
+from minicap.sequence_tasks import ADDING_BASELINE_MSE, INITS, SequenceRegressor, adding_problem, fit_decay_factor
 
 # ------------------------------------------------------------------------------------------------- mse_loss
 
@@ -175,6 +175,20 @@ def test_spectrum_and_gates_at_initialisation():
         lstm = SequenceRegressor(hidden_size=8, cell="lstm", forget_bias=bias)
         assert lstm.mean_forget_gate(zeros) == pytest.approx(1 / (1 + np.exp(-bias)), rel=1e-6)
         assert lstm.mean_forget_gate(zeros, per_unit=True).shape == (8,)
+
+
+def test_fit_decay_factor_recovers_a_geometric_decay():
+    k = np.arange(101)
+    assert fit_decay_factor(3.0 * 0.6**k) == pytest.approx(0.6, rel=1e-12)
+    assert fit_decay_factor(0.5 * 1.02**k, k_min=0) == pytest.approx(1.02, rel=1e-12)
+    # The first steps are skipped; a tail that underflowed to 0 (or below the floor) is cut off, not fitted.
+    curve = 0.5**k
+    curve[:5] = 7.0
+    curve[60:] = 0.0
+    assert fit_decay_factor(curve, k_min=5) == pytest.approx(0.5, rel=1e-12)
+    assert fit_decay_factor(0.5**k, floor=1e-10) == pytest.approx(0.5, rel=1e-12)
+    with pytest.raises(ValueError, match="fewer than 2"):
+        fit_decay_factor(np.zeros(20))
 
 
 def test_lstm_learns_a_short_adding_problem():
