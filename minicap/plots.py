@@ -40,7 +40,8 @@ def plot_training_curves(history: dict[str, Any], path: str | os.PathLike) -> Pa
 
     history: {"steps": {"step": [...], "loss": [...], "grad_norm": [...], "lr": [...]},
               "epochs": [{"step", "train_loss", "val_loss", ...}, ...], "clip": float (optional)}
-    Top: per-update training loss (faint), its moving average, and per-epoch train / validation loss.
+    Top: per-update training loss (faint), its moving average, per-epoch train / validation loss, and the best
+    epoch (the last one flagged "best": what best.npz holds).
     Bottom: the gradient norm before clipping (log scale) and the clipping threshold.
     """
     steps = history.get("steps") or {}
@@ -62,18 +63,21 @@ def plot_training_curves(history: dict[str, Any], path: str | os.PathLike) -> Pa
         val = [(e["step"], e["val_loss"]) for e in epochs if e.get("val_loss") is not None]
         if val:
             ax_loss.plot(*zip(*val, strict=True), "s-", color="tab:orange", label="validation loss (epoch)")
+        best = [e for e in epochs if e.get("best")]
+        if best:  # the last epoch that improved the validation criterion: what best.npz holds
+            ax_loss.axvline(best[-1]["step"], color="gray", linestyle=":", label=f"best epoch ({best[-1]['epoch']})")
     ax_loss.set_ylabel("loss (nats per caption)")
     ax_loss.set_title("Training curves")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend(loc="upper right", fontsize="small")
+    ax_loss.legend(loc="best", fontsize="small")
 
     ax_norm.plot(step, grad_norm, color="tab:purple", linewidth=0.8, label="gradient norm (before clipping)")
     if history.get("clip") is not None:
         ax_norm.axhline(history["clip"], color="tab:red", linestyle="--", label=f"clip threshold {history['clip']:g}")
-    if np.all(grad_norm > 0):
-        ax_norm.set_yscale("log")
+    if np.all(grad_norm > 0) and grad_norm.max() > 20 * grad_norm.min():
+        ax_norm.set_yscale("log")  # spikes and vanishing norms span decades; a narrow range reads better linear
     ax_norm.set_xlabel("update")
     ax_norm.set_ylabel("global gradient norm")
     ax_norm.grid(alpha=0.3, which="both")
-    ax_norm.legend(loc="upper right", fontsize="small")
+    ax_norm.legend(loc="best", fontsize="small")
     return save_figure(fig, path)

@@ -395,8 +395,10 @@ class Trainer:
             raise ValueError(f"the model has vocab_size {model.vocab_size}, the vocabulary {len(vocab)} tokens")
         if len(train_data) == 0:
             raise ValueError("no training captions")
+        if val_data is not None and len(val_data) == 0:
+            val_data = None  # an empty validation split: as if there were none
         for name, data in (("training", train_data), ("validation", val_data)):
-            if data is not None and len(data):
+            if data is not None:
                 check_features_available(data.image_ids, data.features, what=name)
                 check_feature_size(model, data.image_ids, data.features)
         self.model, self.vocab, self.train_data, self.val_data = model, vocab, train_data, val_data
@@ -623,7 +625,7 @@ class Trainer:
         train_loss = st.epoch_loss_sum / st.epoch_sequences
         clock = time.perf_counter()
         val_loss = None
-        if self.val_data is not None and len(self.val_data):
+        if self.val_data is not None:
             val_loss = validation_loss(self.model, self.val_data, max(cfg.batch_size, 256))
             if not math.isfinite(val_loss):
                 raise self._diverged(f"validation loss = {val_loss}")

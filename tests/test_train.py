@@ -135,6 +135,17 @@ def test_early_stopping_on_a_pluggable_metric(tmp_path):
     assert load_checkpoint(tmp_path / "last.npz").epoch == 4
 
 
+def test_without_validation_data_the_training_loss_picks_the_best_epoch(tmp_path):
+    _, data = small_run(None)
+    empty = CaptionDataset(data.val.captions[:0], data.val.image_ids[:0], data.val.features)
+    model = new_model(data.d.vocab, 8, hidden_size=8, wordvec_size=6)
+    config = TrainConfig(epochs=2, batch_size=16, lr=3e-2, patience=1)
+    result = Trainer(model, data.d.vocab, data.train, empty, config, progress=False, log=None).fit()
+    assert result.criterion == "train_loss" and result.stopped == "completed"
+    assert all(e["val_loss"] is None for e in result.history["epochs"])
+    assert result.best_score == -min(e["train_loss"] for e in result.history["epochs"])
+
+
 # ----------------------------------------------------------------------------------------------- resuming
 
 
