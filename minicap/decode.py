@@ -154,6 +154,21 @@ def length_penalty_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
     return ((5.0 + np.asarray(lengths, dtype=np.float64)) / 6.0) ** alpha
 
 
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest entries of each row of (N, M) `scores`, largest first: (N, k).
+
+    argpartition finds the k best in O(M) per row, then only those k are sorted (a full sort of the B·V
+    candidates measured ~15x slower: ~1 s per step for 200 images, B = 3, V = 10,000). Equal scores among the k
+    are ordered by index; which of several entries tied for the k-th place is kept is argpartition's choice.
+    k = 1 is argmax, the first maximum, exactly as greedy decoding picks.
+    """
+    if k == 1:
+        return scores.argmax(axis=1)[:, None]
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the k best, in no particular order
+    order = np.lexsort((top, -np.take_along_axis(scores, top, axis=1)), axis=1)  # by score, then index
+    return np.take_along_axis(top, order, axis=1)
+
+
 def beam_search(
     model: CaptionModel,
     features: np.ndarray,
@@ -207,8 +222,7 @@ def beam_search(
         log_p[finished] = -np.inf  # a finished hypothesis continues only with <NULL>, at no cost
         log_p[finished, NULL_ID] = 0.0
         candidates = (scores[:, :, None] + log_p).reshape(N, B * V)
-        # The B best candidates per image; a stable sort breaks ties by the lower index (as greedy's argmax does).
-        best = np.argsort(-candidates, axis=1, kind="stable")[:, :B]  # (N, B) indices into B·V
+        best = _top_k(candidates, B)  # (N, B) indices into B·V, best first
         parent, word = best // V, best % V
         scores = candidates[image, best]
         tokens = tokens[image, parent]  # each new hypothesis copies its parent's tokens...

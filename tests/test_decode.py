@@ -264,3 +264,17 @@ def test_decode_captions_turns_ids_into_text():
         ]
     )
     assert decode_captions(ids, vocab) == ["a dog runs", "a man's dog dog"]
+
+
+def test_top_k_matches_a_full_stable_sort(rng):
+    from minicap.decode import _top_k
+
+    scores = rng.integers(0, 20, size=(50, 60)).astype(np.float64)  # many ties
+    scores[:, :5] = -np.inf
+    for k in (1, 3, 7):
+        top = _top_k(scores, k)
+        ranked = np.take_along_axis(scores, top, axis=1)
+        assert np.all(np.diff(ranked, axis=1) <= 0)  # best first
+        np.testing.assert_array_equal(ranked, -np.sort(-scores, axis=1)[:, :k])  # the k best values
+        assert np.all(np.diff(top, axis=1)[np.diff(ranked, axis=1) == 0] > 0)  # equal scores: lower index first
+    np.testing.assert_array_equal(_top_k(scores, 1)[:, 0], scores.argmax(axis=1))
