@@ -621,14 +621,14 @@ class Trainer:
         st, cfg = self.state, self.config
         bad = [name for name, p in self.model.params.items() if not np.all(np.isfinite(p))]
         if bad:
-            raise self._diverged(f"parameters {', '.join(bad)} hold NaN or infinity after the epoch's last update")
+            raise self._diverged(f"parameters {', '.join(bad)} hold NaN or infinity", in_update=False)
         train_loss = st.epoch_loss_sum / st.epoch_sequences
         clock = time.perf_counter()
         val_loss = None
         if self.val_data is not None:
             val_loss = validation_loss(self.model, self.val_data, max(cfg.batch_size, 256))
             if not math.isfinite(val_loss):
-                raise self._diverged(f"validation loss = {val_loss}")
+                raise self._diverged(f"validation loss = {val_loss}", in_update=False)
         val_metric = None
         if self.val_metric is not None:
             val_metric = float(self.val_metric(self.model))
@@ -719,20 +719,30 @@ class Trainer:
 
         plot_training_curves(self.history, self._path(CURVES))
 
-    def _diverged(self, what: str) -> TrainingDiverged:
-        """The exception for a non-finite loss; writes the history (not a checkpoint) so the blow-up can be seen."""
+    def _diverged(self, what: str, in_update: bool = True) -> TrainingDiverged:
+        """The exception for a non-finite loss; writes the history (not a checkpoint) so the blow-up can be seen.
+
+        in_update: found before an update (the parameters are still the last good ones), or else at the end of
+        an epoch (validation loss, or parameters after the epoch's last update; that model is not saved).
+        """
         st = self.state
         kept = f"{self._path(LAST)} (epoch {st.epoch})" if self.out_dir and self._path(LAST).is_file() else None
         last = "none yet" if st.last_good_loss is None else f"{st.last_good_loss:.4f} at step {st.step}"
+        if in_update:
+            where = f"at step {st.step + 1} (epoch {st.epoch + 1}, batch {st.batch_in_epoch + 1})"
+            consequence = "The parameters were not updated with this step"
+        else:
+            where = f"after step {st.step} (end of epoch {st.epoch + 1})"
+            consequence = "This epoch's model was not saved"
         message = (
-            f"training diverged at step {st.step + 1} (epoch {st.epoch + 1}, batch {st.batch_in_epoch + 1}): "
-            f"{what}. Last good loss: {last}. The parameters were not updated with this step"
+            f"training diverged {where}: {what}. Last good training loss: {last}. {consequence}"
             + (f"; the last good checkpoint is {kept}" if kept else "")
             + ". Try a lower learning rate (--lr) or a smaller clipping threshold (--clip)."
         )
         self._write_history(f"diverged: {what}")
         self._plot()
-        return TrainingDiverged(message, step=st.step + 1, epoch=st.epoch + 1, last_good_loss=st.last_good_loss)
+        step = st.step + 1 if in_update else st.step
+        return TrainingDiverged(message, step=step, epoch=st.epoch + 1, last_good_loss=st.last_good_loss)
 
 
 # ================================================================================================ one call

@@ -330,7 +330,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
         trainer.fit()
     message = str(info.value)
     assert "diverged at step 5 (epoch 2, batch 2)" in message and "loss = nan" in message
-    assert f"Last good loss: {trainer.history['steps']['loss'][-1]:.4f} at step 4" in message
+    assert f"Last good training loss: {trainer.history['steps']['loss'][-1]:.4f} at step 4" in message
     assert "last.npz (epoch 1)" in message and "lower learning rate" in message and "--clip" in message
     assert (info.value.step, info.value.epoch) == (5, 2)
 
@@ -339,6 +339,21 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     assert all(np.all(np.isfinite(p)) for p in ckpt.model.params.values())
     assert load_checkpoint(tmp_path / "best.npz").epoch == 1
     assert json.loads((tmp_path / "history.json").read_text())["stopped"].startswith("diverged")
+
+
+def test_nan_validation_loss_stops_training_without_saving_that_epoch(tmp_path, monkeypatch):
+    trainer, _ = small_run(tmp_path, epochs=2)
+    real_loss = CaptionModel.loss
+
+    def nan_in_validation(self, features, captions):
+        loss, grads = real_loss(self, features, captions)
+        return (np.float32(np.nan), grads) if trainer.state.batch_in_epoch == 3 else (loss, grads)  # epoch end
+
+    monkeypatch.setattr(CaptionModel, "loss", nan_in_validation)
+    with pytest.raises(TrainingDiverged, match=r"after step 3 \(end of epoch 1\): validation loss = nan") as info:
+        trainer.fit()
+    assert "This epoch's model was not saved" in str(info.value) and "checkpoint is" not in str(info.value)
+    assert not (tmp_path / "last.npz").exists() and not (tmp_path / "best.npz").exists()
 
 
 def test_captions_without_features_give_one_error_before_training():
