@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# One BLAS thread in tests: their matrices are small, where OpenBLAS's threads cost more than they give, and on a
+# busy 2-core machine oversubscribed BLAS threads made single steps up to 10x slower. Must precede `import numpy`.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 
 import numpy as np
