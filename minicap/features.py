@@ -377,7 +377,9 @@ class OnnxEncoder:
     `minicap.arch`, `minicap.encoder_spec` (EncoderSpec JSON) and `minicap.weights_sha256`.
     """
 
-    def __init__(self, path: str | os.PathLike, *, intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, intra_op_threads: int | None = None, allow_spinning: bool = False
+    ) -> None:
         import onnxruntime as ort  # heavy import, only needed here
 
         self.path = Path(path)
@@ -393,7 +395,7 @@ class OnnxEncoder:
         opts.inter_op_num_threads = 1
         # ORT's worker threads normally spin-wait between ops; that busy CPU would be stolen from the Pillow
         # threads decoding the next batch on this 2-core machine, so let them sleep instead.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for bad files
