@@ -106,7 +106,7 @@ def main() -> None:
         encoder_path = args.encoder or build_lite0(tmp)
         encoder = OnnxEncoder(encoder_path, intra_op_threads=args.intra_op_threads)
         spec = encoder.spec
-        threads = encoder.session.get_session_options().intra_op_num_threads
+        threads = encoder.session.get_session_options().intra_op_num_threads or "default"
         print(
             f"{n} images from {args.images}, encoder {encoder.arch} ({encoder_path.name}, {spec.input_size}px, "
             f"F={spec.feature_size}), batch {bs}, {args.workers} decode threads, {threads} ORT intra-op threads, "

@@ -390,8 +390,9 @@ class OnnxEncoder:
         self.sha256 = _sha256_file(self.path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fuse Conv+BN+ReLU etc.
-        # Both cores by default (fastest for EfficientNet-Lite0 here: benchmarks/bench_extract.py).
-        opts.intra_op_num_threads = intra_op_threads if intra_op_threads is not None else min(2, os.cpu_count() or 1)
+        # None keeps ORT's default, one thread per physical core (2 on the 2-core machine this was measured on;
+        # benchmarks/bench_extract.py --sweep compares 1 and 2).
+        opts.intra_op_num_threads = 0 if intra_op_threads is None else intra_op_threads
         opts.inter_op_num_threads = 1
         # ORT's worker threads normally spin-wait between ops; that busy CPU would be stolen from the Pillow
         # threads decoding the next batch on this 2-core machine, so let them sleep instead.
