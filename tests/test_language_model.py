@@ -263,13 +263,25 @@ def test_lstm_score_reads_each_caption_on_its_own():
     for row in captions:
         k = rng.integers(1, 6)
         row[0], row[1 : k + 1], row[k + 1] = START_ID, rng.integers(3, V_SMALL, size=k), END_ID
-    batched = model.score(captions, batch_size=3)
-    assert batched.num_tokens == bigram_pairs(captions)[1].size
-    one_by_one = 0.0
-    for row in captions:
-        k = int(np.flatnonzero(row == END_ID)[0])
-        one_by_one += model.log_likelihood(row[None, :k], row[None, 1 : k + 1])[0].log_prob
-    assert batched.log_prob == pytest.approx(one_by_one, rel=1e-12)
+    for from_zeros in (False, True):
+        batched = model.score(captions, batch_size=3, from_zeros=from_zeros)
+        assert batched.num_tokens == bigram_pairs(captions)[1].size
+        start = model.initial_state(1) if from_zeros else model.caption_start_state(1)
+        one_by_one = 0.0
+        for row in captions:
+            k = int(np.flatnonzero(row == END_ID)[0])
+            one_by_one += model.log_likelihood(row[None, :k], row[None, 1 : k + 1], None, *start)[0].log_prob
+        assert batched.log_prob == pytest.approx(one_by_one, rel=1e-12)
+
+
+def test_a_caption_on_its_own_starts_where_the_stream_starts_captions():
+    """caption_start_state = zeros after reading one <END>, as every <START> follows an <END> in the stream."""
+    model = _model()
+    start = model.caption_start_state(2)
+    _, after_end = model.log_likelihood(np.full((2, 1), END_ID), np.full((2, 1), START_ID))
+    np.testing.assert_allclose(start.h, after_end.h, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(start.c, after_end.c, rtol=0, atol=1e-15)
+    assert np.all(start.h[0] == start.h[1]) and np.any(start.h != 0.0)  # the same for every caption, not zeros
 
 
 def test_samples_are_well_formed_and_reproducible():
@@ -288,7 +300,7 @@ def test_samples_are_well_formed_and_reproducible():
 def test_a_cold_temperature_approaches_the_most_likely_word():
     model = _model()
     cold = model.sample(5, temperature=1e-4, rng=0, max_length=6)
-    state, words = model.initial_state(5), np.full(5, START_ID)
+    state, words = model.caption_start_state(5), np.full(5, START_ID)
     for t in range(6):
         scores, state = model.step(words, state)
         scores[:, [NULL_ID, START_ID, UNK_ID]] = -np.inf
