@@ -160,7 +160,7 @@ def main() -> None:
         if args.sweep:
             print("sweep (medians over the same number of repeats):")
             for workers, pool in ((0, "thread"), (1, "thread"), (2, "thread"), (2, "process")):
-                key = f"decode_{workers}_{pool}s"
+                key = f"decode_{workers}_{'threads' if pool == 'thread' else 'processes'}"
                 sweep[key] = stats(
                     [timed(lambda w=workers, p=pool: decode_all(items, spec, bs, w, p)) for _ in range(args.repeats)]
                 )
