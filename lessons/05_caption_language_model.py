@@ -78,7 +78,8 @@ times are rough; your run prints its own numbers):
   Truncation, validation perplexity after one pass: 31.5 (k = 1), 29.2 (k = 4), 28.6 (k = 20); bigram 37.2.
   Samples: at temperature 0.5, 7 % of 300 are word-for-word training captions and they use 244 distinct words;
   at 1.0, none are copies and they use 683 words (and many more odd combinations).
-  Time: 199 s in all, 87 s of it training the main LSTM; --quick: LSTM 32.2 against Kneser–Ney's 39.0 in ~20 s.
+  Time: 156–218 s in all over three runs (75–107 s training the main LSTM); --quick: LSTM 32.2 against
+  Kneser–Ney's 39.0 in 17–27 s.
 
 Run:  python lessons/05_caption_language_model.py [--captions FILE] [--out DIR] [--quick]
 Default captions: ../shared/coco/captions_val2017_full.json relative to the repository (the official
@@ -173,7 +174,6 @@ QUICK = dataclasses.replace(FULL, wordvec=64, batch=16, steps=400, lr=1e-2, warm
 class Splits:
     vocab: Vocabulary
     captions: dict[str, np.ndarray]  # split -> (M, L) padded rows <START> … <END> <NULL> …
-    texts: dict[str, list[str]]  # split -> raw caption text (for the memorisation count)
     num_images: dict[str, int]
 
 
@@ -191,8 +191,7 @@ def load_splits(path: Path, cfg: Config) -> Splits:
         name: encode_captions([coco.captions[r] for r in idx], vocab, max_length=longest).captions
         for name, idx in rows.items()
     }
-    texts = {name: [coco.captions[r][1] for r in idx] for name, idx in rows.items()}
-    return Splits(vocab, captions, texts, {name: len(ids) for name, ids in parts.items()})
+    return Splits(vocab, captions, {name: len(ids) for name, ids in parts.items()})
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -298,7 +297,9 @@ def chunk_memory(model: LSTMLanguageModel, piece: StreamChunk, row_length: int) 
 
 def sample_report(model: LSTMLanguageModel, splits: Splits, cfg: Config) -> tuple[dict, dict]:
     vocab = splits.vocab
-    training_captions = {" ".join(tokenize(t)) for t in splits.texts["train"]}
+    # Training captions as the decoder would write them (a caption with a rare word holds "<UNK>", which no
+    # sample contains, so it can never match: right, a sample cannot copy a word it cannot write).
+    training_captions = {" ".join(vocab.decode_tokens(row)) for row in splits.captions["train"]}
     shown, stats = {}, {}
     for temperature in TEMPERATURES:
         ids = model.sample(cfg.samples_counted, temperature, rng=cfg.seed, max_length=30)

@@ -506,7 +506,14 @@ class LSTMLanguageModel:
         counted = mask.reshape(N * T)
         h, _, lstm_cache = self._forward(words_in, h0, c0)
         scores = h.reshape(N * T, -1)[counted] @ self.params["W_vocab"] + self.params["b_vocab"]  # (K, V)
-        log_p = nn.log_softmax(scores, axis=1)[np.arange(scores.shape[0]), targets.reshape(N * T)[counted]]
+        # log P(target) = s_target − logsumexp(s), by log-sum-exp with the row maximum subtracted (as in
+        # nn.softmax_loss), in ONE (K, V) buffer: only the K target log-probabilities are needed, not all K·V.
+        rows = np.arange(scores.shape[0])
+        row_max = scores.max(axis=1)
+        target_score = scores[rows, targets.reshape(N * T)[counted]] - row_max
+        scores -= row_max[:, None]
+        np.exp(scores, out=scores)
+        log_p = target_score - np.log(scores.sum(axis=1))
         score = CorpusScore(float(log_p.sum(dtype=np.float64)), int(counted.sum()))
         return score, LMState(lstm_cache.h_last.copy(), lstm_cache.c_last.copy())
 
