@@ -38,6 +38,7 @@ __all__ = [
     "INITS",
     "SequenceRegressor",
     "StateGradientNorms",
+    "Trajectory",
     "fit_decay_factor",
 ]
 
@@ -83,6 +84,17 @@ class StateGradientNorms(NamedTuple):
 
     h: np.ndarray
     c: np.ndarray | None
+
+
+class Trajectory(NamedTuple):
+    """What the network computed along a batch of sequences, batch-major (all (N, T, H), step t at index t).
+
+    h: hidden states after each step; c: the LSTM's cells; f: the LSTM's forget gates (c and f None for the RNN).
+    """
+
+    h: np.ndarray
+    c: np.ndarray | None
+    f: np.ndarray | None
 
 
 class SequenceRegressor:
@@ -310,20 +322,33 @@ class SequenceRegressor:
         self._require("rnn", "largest_singular_value")
         return float(np.linalg.norm(self.params["Wh"].astype(np.float64), 2))
 
+    def trajectory(self, x: np.ndarray) -> Trajectory:
+        """The hidden states (and for the LSTM the cells and forget gates) at every step of x (N, T, D)."""
+        x, _ = self._check_inputs(x)
+        cache = self._recurrence(x)
+
+        def batch_major(a: np.ndarray) -> np.ndarray:  # (T, N, H) time-major cache -> (N, T, H)
+            return np.ascontiguousarray(a.transpose(1, 0, 2))
+
+        if self.cell == "rnn":
+            return Trajectory(batch_major(cache.h[1:]), None, None)
+        H = self.hidden_size
+        f = cache.gates[:, :, H : 2 * H]  # gate order i, f, o, g
+        return Trajectory(batch_major(cache.h[1:]), batch_major(cache.c[1:]), batch_major(f))
+
     def mean_tanh_derivative(self, x: np.ndarray) -> float:
         """RNN: the mean of tanh′(a_t) = 1 − h_t² over every sequence, step and unit of x (N, T, D)."""
         self._require("rnn", "mean_tanh_derivative")
-        x, _ = self._check_inputs(x)
-        h = self._recurrence(x).h[1:]
-        return float(np.mean(1.0 - h.astype(np.float64) ** 2))
+        h = self.trajectory(x).h.astype(np.float64)
+        return float(np.mean(1.0 - h**2))
 
     def mean_forget_gate(self, x: np.ndarray, per_unit: bool = False) -> float | np.ndarray:
         """LSTM: the forget gate f = σ(a_f), averaged over every sequence and step of x (N, T, D) and over the
         units (a float), or per unit (an (H,) array) when `per_unit`. Along the cell path ∂c_t/∂c_{t−1} = f."""
         self._require("lstm", "mean_forget_gate")
-        x, _ = self._check_inputs(x)
-        H = self.hidden_size
-        f = self._recurrence(x).gates[:, :, H : 2 * H].astype(np.float64)  # (T, N, H), gate order i, f, o, g
+        f = self.trajectory(x).f
+        assert f is not None
+        f = f.astype(np.float64)
         return f.mean(axis=(0, 1)) if per_unit else float(f.mean())
 
 

@@ -177,6 +177,26 @@ def test_spectrum_and_gates_at_initialisation():
         assert lstm.mean_forget_gate(zeros, per_unit=True).shape == (8,)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_trajectory_matches_the_step_functions(cell):
+    """trajectory() is batch-major and equals running the one-step functions by hand."""
+    x, _ = adding_problem(3, 7, np.random.default_rng(6), dtype=np.float64)
+    model = SequenceRegressor(hidden_size=5, cell=cell, init="xavier", dtype=np.float64)
+    traj = model.trajectory(x)
+    p, H = model.params, 5
+    h = c = np.zeros((3, H))
+    for t in range(7):
+        if cell == "lstm":
+            h, c, step = nn.lstm_step_forward(x[:, t], h, c, p["Wx"], p["Wh"], p["b"])
+            np.testing.assert_allclose(traj.c[:, t], c, rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(traj.f[:, t], step.f, rtol=1e-12)
+        else:
+            h, _ = nn.rnn_step_forward(x[:, t], h, p["Wx"], p["Wh"], p["b"])
+        np.testing.assert_allclose(traj.h[:, t], h, rtol=1e-12, atol=1e-15)
+    assert traj.h.shape == (3, 7, 5)
+    assert (traj.c is None and traj.f is None) == (cell == "rnn")
+
+
 def test_fit_decay_factor_recovers_a_geometric_decay():
     k = np.arange(101)
     assert fit_decay_factor(3.0 * 0.6**k) == pytest.approx(0.6, rel=1e-12)
