@@ -9,8 +9,8 @@ the parts that are less tidy than the folklore.
 
 Run it:
 
-    python lessons/01_vanishing_gradients.py            # full run (minutes: see the timings it prints)
-    python lessons/01_vanishing_gradients.py --quick    # the same story at T = 50 in under a minute
+    python lessons/01_vanishing_gradients.py            # full run: about 10 minutes on 2 (shared) cores
+    python lessons/01_vanishing_gradients.py --quick    # T = 50, H = 32, batch 32: about 15–20 seconds
     python lessons/01_vanishing_gradients.py --out DIR  # outputs in DIR (default lessons/out/01_vanishing_gradients)
 
 
@@ -62,9 +62,10 @@ pre-activation of f is ≈ 1 at the start, so f ≈ σ(1) = 1/(1 + e⁻¹) ≈ 0
 
     0.73ᵏ:   0.73¹⁰ ≈ 0.04,   0.73⁵⁰ ≈ 1.6e-7.
 
-So **an LSTM at initialisation loses gradient too**. (The gradient of h also has a second route, h_{t−1} → gates
-→ c_t, through Wh; the lesson measures what the two routes do together, and the curves decay more slowly than
-0.73ᵏ.) The LSTM's advantage is not that its gradient cannot vanish, but that the factor is a *learned,
+So **an LSTM at initialisation loses gradient too**. (The gradient also has a second route, c_t → gates at step t
+→ h_{t−1} → c_{t−1}, through Wh; it adds to the cell path, so the measured curves decay more slowly than 0.73ᵏ —
+by how much depends on the size of Wh, i.e. on the initialisation. The lesson measures the two routes together.)
+The LSTM's advantage is not that its gradient cannot vanish, but that the factor is a *learned,
 input-dependent* gate: the network can drive f towards 1 (a large positive pre-activation) in the units that
 must hold a value, making those cells an almost lossless memory — and it still sees gradient while it learns to.
 The RNN has no such knob: its factor is a fixed matrix times tanh′ ≤ 1. The trained-model figure shows the
@@ -93,11 +94,58 @@ tanh′ ≈ 0.13; MSE 0.18–0.20). So: LSTM 1e-2, RNN 1e-3. `--lr-lstm` and `--
 What to look for: the LSTM sits on the 0.167 plateau for a while — its gradient is small at first, see section
 2 — and then breaks through, within a few hundred updates, to a small error; the RNN stays near 0.167 at T = 100.
 
-How the numbers depend on the machine: the wall times are measured on whatever machine runs this (the lesson was
-written on 2 shared, busy cores; they are noisy) — each update is T steps of several small NumPy calls each, so at
-H = 64 the Python overhead per time step, not the arithmetic, sets the speed. The BLAS is limited to one thread
-(matrices of 64 × 256 gain nothing from a second one, and on a busy machine waiting for it costs a lot); set
-OPENBLAS_NUM_THREADS yourself to override.
+Speed: each update runs T steps forward and T back, each a handful of NumPy calls on 64 × 64 … 64 × 256 arrays,
+so at this size the per-call overhead, not the arithmetic, sets the pace (H = 32 is barely cheaper than H = 64).
+The BLAS is limited to one thread: matrices this small gain nothing from a second one, and on a busy machine
+waiting for it cost us up to 6× (set OPENBLAS_NUM_THREADS yourself to override). Wall times are measured on
+whatever machine runs the lesson; ours were on 2 cores shared with other jobs, so they are noisy.
+
+
+4. What the full run measured
+-----------------------------
+
+`python lessons/01_vanishing_gradients.py`, seeds fixed. The numbers at initialisation should come out the same
+on any machine; training runs in float32, so a different BLAS can change the curves in their details.
+
+At initialisation, T = 100, H = 64:
+
+    RNN           fitted λ   ρ(Wh)·mean tanh′   σ_max(Wh)       LSTM (b_f = 1)   mean f   fitted λ (h)
+    uniform        0.641          0.641            1.151          uniform          0.733      0.852
+    xavier         1.017          1.027            1.994          xavier           0.733      0.944
+    orthogonal     0.914          0.908            1.000          orthogonal       0.731      0.966
+
+- The RNN's decay is predicted by ρ(Wh) · mean tanh′ to within 1% for all three initialisations; σ_max is only a
+  bound: with uniform init σ_max = 1.15 > 1, yet the gradient shrinks by 0.64 per step (1e-10 at k = 50).
+  Xavier puts this RNN slightly on the exploding side (λ ≈ 1.02: the norm grows from 2.2 to 5.8 over 100 steps).
+- The LSTM's forget gates start at 0.733 ≈ σ(1), as computed above, but its gradient decays by 0.85–0.97 per
+  step, not 0.73 (the second route). With PyTorch's default init only 2.8e-5 of it arrives 50 steps back. The
+  forget bias is the dial: b_f = 0 gives f = 0.50 and λ = 0.62 (as bad as the RNN), b_f = 3 gives f = 0.95 and
+  λ = 1.03.
+
+The adding problem (test MSE on 1,000 fresh sequences at the end; at most 3,000 updates):
+
+    T      LSTM                              RNN (uniform)     RNN (orthogonal)
+    50     0.0006 (solved at 900 updates)    0.094             0.067 (it touched 0.02 on the way)
+    100    0.0009 (solved at 1,400)          0.170             0.169
+    200    0.0010 (solved at 2,100)          0.156             0.156
+
+- The LSTM solves all three lengths and its curves show the plateau-then-breakthrough: it leaves 0.167 after
+  about 700, 1,200 and 1,900 updates.
+- The RNN is not helpless: at T = 50 it does learn, slowly (an earlier trial with 4,000 updates reached 0.025
+  and 0.017). At T = 100 and T = 200 it stays on the plateau with every learning rate and initialisation we
+  tried; 0.156 at T = 200 is only a hair below 1/6.
+
+After training on T = 100:
+
+- The LSTM's gradient no longer shrinks (fitted λ = 1.000); 50 steps back it is 2.3e-3, the RNN's 7e-13.
+- "The LSTM learns forget gates near 1" is true only of a few units. The *average* forget gate went DOWN, from
+  0.73 to 0.59; 2 of the 64 units have a mean f above 0.9 (the largest 0.997). Those are the memory: the third
+  panel of grad_norms_trained.png shows one — f ≈ 1 along the whole sequence, its cell jumping at the two markers
+  and holding in between. The rest of the network learned to forget faster than it did at the start.
+- For the trained RNN, ρ(Wh) · mean tanh′ no longer predicts the decay: 0.979 predicted, 0.589 measured (uniform
+  init; orthogonal: 0.928 vs 0.949). The estimate assumes tanh′ is the same everywhere and unrelated to the
+  direction the gradient travels in; after training that no longer holds.
+- Wall time of the full run: 600 s (T = 200: 104 ms per LSTM update, 25 ms per RNN update; load 2–4 on 2 cores).
 
 Outputs (in --out): grad_norms_init.png, grad_norms_trained.png, adding_problem_curves.png, summary.json.
 """
@@ -298,6 +346,11 @@ class Run:
     def final_test_mse(self) -> float:
         return self.test_mse[-1]
 
+    @property
+    def best_test_mse(self) -> float:
+        """The lowest test MSE at any evaluation after the first update (a noisy curve can end above it)."""
+        return min(self.test_mse[1:], default=self.test_mse[0])
+
 
 def train_until_solved(model: SequenceRegressor, T: int, cfg: dict) -> Run:
     """Adam + global-norm clipping on fresh minibatches (minicap.sequence_training.train_regressor), in chunks of
@@ -351,11 +404,12 @@ def section_3_adding(cfg: dict) -> dict:
 
 
 def print_table(runs: dict) -> None:
-    print("\n   T    model            test MSE   updates   solved at   wall time")
+    print("\n   T    model            test MSE (final, best)   updates   solved at   wall time   per update")
     for (T, label), (_, run) in runs.items():
         solved = "—" if run.solved_at is None else str(run.solved_at)
         print(
-            f"   {T:<4d} {label:<16} {run.final_test_mse:8.4f}   {run.updates:7d}   {solved:>9}   {run.seconds:7.1f} s"
+            f"   {T:<4d} {label:<16} {run.final_test_mse:8.4f}  {run.best_test_mse:8.4f}      {run.updates:7d}"
+            f"   {solved:>9}   {run.seconds:7.1f} s   {1e3 * run.seconds / max(run.updates, 1):6.1f} ms"
         )
 
 
@@ -562,6 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "T": T_,
                 "model": label,
                 "test_mse": run.final_test_mse,
+                "best_test_mse": run.best_test_mse,
                 "updates": run.updates,
                 "diverged": run.diverged,
                 "solved_at": run.solved_at,

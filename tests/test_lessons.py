@@ -65,6 +65,9 @@ def test_lesson_01_vanishing_gradients(tmp_path):
     trained = s["trained"]
     assert trained["RNN"]["grad_norm_k50"] < 1e-3 * trained["LSTM"]["grad_norm_k50"]
     assert s["trained_rnn_over_lstm_k50"] < 1e-3
+    # ... because the LSTM learned to keep it: its gradient no longer shrinks, and some unit's forget gate ≈ 1.
+    assert trained["LSTM"]["fit_h"] > 0.95
+    assert trained["LSTM"]["largest_unit_mean_f"] > 0.95 > lstm["mean_forget_gate"]
 
     # The LSTM beats the RNN on the adding problem (quick setting, T = 50), and beats the 1/6 baseline clearly.
     mse = {(r["T"], r["model"]): r["test_mse"] for r in s["adding"]}
