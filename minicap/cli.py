@@ -318,6 +318,218 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- demo, evaluate, caption
+# The main job end to end. The work is in minicap.pipeline (shared with lesson 06) and minicap.evaluate.
+
+
+def _one_blas_thread() -> None:
+    """Ask OpenBLAS for one thread unless the user chose: must run before NumPy is first imported.
+
+    The captioner's matrices are small (N=64, H=256); on the shared 2-core machine this was written on, two
+    OpenBLAS threads made a training step 10x slower whenever another process held a core (1.39 s vs 0.12 s).
+    """
+    import os
+
+    if "numpy" not in sys.modules:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="caption COCO photos end to end: encoder, features, training, metrics table, figure",
+        description="Build the EfficientNet-Lite0 encoder (cached in --out), extract features once (reused), split "
+        "the images by id into train/validation/test, train an LSTM captioner (best epoch by validation CIDEr-D), "
+        "caption the held-out photos greedily and with beam search, compare with two baselines (most frequent "
+        "caption; nearest neighbour by cosine with consensus re-ranking), print ONE table of BLEU-1..4, METEOR, "
+        "ROUGE-L and CIDEr, and write COCO results files and a figure of photos with their captions. "
+        "Exit code: 0 done, 1 training diverged, 2 no data or bad input.",
+    )
+    p.add_argument(
+        "--coco",
+        metavar="DIR",
+        default=None,
+        help="COCO folder: DIR/images/*.jpg + DIR/captions.json (default $MINICAP_COCO or data/coco)",
+    )
+    p.add_argument("--out", metavar="DIR", default="runs/demo", help="work and output folder (default runs/demo)")
+    p.add_argument("--test-images", type=int, default=30, help="held-out photos for the table (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split by image (default 0)")
+    p.add_argument("--photos", type=int, default=6, help="held-out photos in the figure (default 6)")
+    p.add_argument(
+        "--max-train-seconds", type=float, default=None, metavar="S", help="training time budget (default 100)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import os
+
+    _one_blas_thread()
+    from minicap.evaluate import EvaluationUnavailable
+    from minicap.pipeline import DEMO_SETTINGS, CocoDataMissing, run_demo
+    from minicap.safe_io import UnsafePickleError
+    from minicap.train import TrainingDiverged
+
+    coco = args.coco or os.environ.get("MINICAP_COCO") or "data/coco"
+    settings = DEMO_SETTINGS
+    if args.max_train_seconds is not None:
+        settings = settings.replace(max_train_seconds=args.max_train_seconds)
+    try:
+        result = run_demo(
+            coco,
+            args.out,
+            settings=settings,
+            test_images=args.test_images,
+            seed=args.seed,
+            photos=args.photos,
+            progress=not args.no_progress,
+        )
+    except CocoDataMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, LookupError, UnsafePickleError, EvaluationUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(result.summary())
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="k-fold cross-validation of the captioner against the baselines, or score one checkpoint",
+        description="--folds K: K-fold cross-validation by image. In each fold a captioner is trained on the fold's "
+        "training part (minus a validation slice that picks its best epoch by CIDEr-D and stops it early) and, "
+        "with both baselines, captions the fold's test images; prints mean ± sd over folds of BLEU-1..4, METEOR, "
+        "ROUGE-L and CIDEr, and the per-fold differences and wins against the nearest-neighbour baseline. "
+        "Data: --coco DIR (features extracted once into --work, shared with `minicap demo`) or --features and "
+        "--captions. --checkpoint CKPT: score one trained captioner on the test images its checkpoint records. "
+        "Exit code: 0 done, 1 training diverged, 2 bad input.",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation (K >= 2)")
+    what.add_argument("--checkpoint", metavar="CKPT", help="score this checkpoint on its held-out images")
+    p.add_argument("--coco", metavar="DIR", help="COCO folder (DIR/images + DIR/captions.json)")
+    p.add_argument("--work", metavar="DIR", default="runs/demo", help="where --coco's encoder/features are cached")
+    p.add_argument("--features", metavar="F.pkl", help="feature store (instead of --coco)")
+    p.add_argument("--captions", metavar="JSON", help="COCO captions JSON of those images (instead of --coco)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
+    p.add_argument("--beam", type=int, default=3, help="beam width reported beside greedy decoding (default 3)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the per-fold numbers and summary here")
+    p.add_argument("--cider-only", action="store_true", help="only CIDEr-D (pure Python; no Java needed)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    _one_blas_thread()
+    from pathlib import Path
+
+    from minicap.evaluate import EvaluationUnavailable, cross_validate
+    from minicap.pipeline import DEMO_SETTINGS, CocoDataMissing, evaluate_checkpoint, make_scorer
+    from minicap.safe_io import UnsafePickleError, atomic_write_json
+    from minicap.train import TrainingDiverged
+
+    if args.checkpoint and (args.features is None or args.captions is None):
+        print("error: --checkpoint needs --features F.pkl and --captions JSON", file=sys.stderr)
+        return 2
+    if args.folds is not None and args.coco is None and (args.features is None or args.captions is None):
+        print("error: --folds needs --coco DIR, or both --features F.pkl and --captions JSON", file=sys.stderr)
+        return 2
+    scorer = None
+    try:
+        scorer = None if args.cider_only else make_scorer(print)
+        if args.checkpoint:
+            table, _, _ = evaluate_checkpoint(
+                args.checkpoint, args.features, args.captions, scorer, beam_size=args.beam, log=print
+            )
+            print(table)
+            return 0
+        coco, store = _evaluation_data(args)
+        settings = DEMO_SETTINGS.replace(max_train_seconds=None, beam_size=args.beam)
+        cv = cross_validate(coco, store, args.folds, settings, scorer, seed=args.seed, log=print)
+    except CocoDataMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, LookupError, UnsafePickleError, EvaluationUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if scorer is not None:
+            scorer.close()
+    print()
+    print(cv.table())
+    print(f"({cv.seconds:.0f} s for {cv.k} folds)")
+    if args.out:
+        atomic_write_json(Path(args.out), cv.to_dict())
+        print(f"per-fold numbers -> {args.out}")
+    return 0
+
+
+def _evaluation_data(args: argparse.Namespace):
+    """(CocoCaptions restricted to images with features, FeatureStore) from --coco or --features/--captions."""
+    from minicap.data import load_coco_captions
+    from minicap.features import FeatureStore
+    from minicap.pipeline import captions_with_features, ensure_encoder, ensure_features, find_coco
+
+    if args.coco is not None:
+        folder = find_coco(args.coco)
+        encoder = ensure_encoder(args.work, log=print)
+        store = ensure_features(folder, encoder, f"{args.work}/features.pkl", progress=False, log=print)
+        return captions_with_features(load_coco_captions(folder.captions), store, print), store
+    store = FeatureStore.load(args.features)
+    coco = load_coco_captions(args.captions)
+    store.rows(coco.image_ids())  # every captioned image needs features: one error with the count and first ids
+    return coco, store
+
+
+def _add_caption(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "caption",
+        help="caption JPEG files with a trained checkpoint (through its ONNX encoder)",
+        description="JPEG -> the ONNX encoder the checkpoint was trained with (found from its header and verified by "
+        "sha256, or --encoder) -> features standardised as in training -> greedy or beam-search decoding. Prints "
+        "'IMAGE: caption' per image. Unreadable images are skipped and reported. "
+        "Exit code: 0 at least one image captioned, 1 none could be read, 2 bad checkpoint/encoder.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="captioner, e.g. runs/demo/model/best.npz")
+    p.add_argument("--beam", type=int, default=1, metavar="K", help="beam width; 1 = greedy (default 1)")
+    p.add_argument("--encoder", metavar="FILE.onnx", help="the encoder file (default: the one the checkpoint names)")
+    p.set_defaults(func=_run_caption)
+
+
+def _run_caption(args: argparse.Namespace) -> int:
+    _one_blas_thread()
+    from minicap.features import FeatureStoreError
+    from minicap.pipeline import caption_files
+
+    if args.beam < 1:
+        print(f"error: --beam must be >= 1, got {args.beam}", file=sys.stderr)
+        return 2
+    try:
+        run = caption_files(args.images, args.checkpoint, beam_size=args.beam, encoder=args.encoder)
+    except (OSError, ValueError, FeatureStoreError) as e:  # missing/corrupt checkpoint, missing/wrong encoder
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, caption in run.captions:
+        print(f"{path}: {caption}")
+    for path, reason in run.failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not run.captions:
+        print(f"error: none of the {len(run.failures)} images could be read", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 _SUBCOMMANDS = [
@@ -326,6 +538,9 @@ _SUBCOMMANDS = [
     _add_extract,
     _add_encoder,
     _add_train,
+    _add_demo,
+    _add_evaluate,
+    _add_caption,
 ]
 
 

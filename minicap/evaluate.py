@@ -468,3 +468,611 @@ def _consensus_caption(pool: list[tuple[str, list[str]]], cider: CiderD) -> str:
         others = [toks for o, (_, toks) in enumerate(pool) if o != c]
         scored.append((-cider.score(tokens, others), text))
     return min(scored)[1]
+
+
+# ============================================================================================ captioners, end to end
+#
+# Everything below trains and judges a captioner on a split BY IMAGE, and is shared by `minicap demo` (one
+# train/val/test split), `minicap evaluate --folds K` (k-fold cross-validation) and benchmarks/peer_torch.py:
+#
+#   train images ──vocabulary, encode──▶ Trainer (best epoch by validation CIDEr-D, early stopping)
+#   test images  ──greedy / beam search──▶ captions ─┐
+#   most frequent training caption ──────────────────┼─▶ CaptionScorer (BLEU-1..4, METEOR, ROUGE-L, CIDEr)
+#   nearest training image by cosine, consensus ─────┘
+#
+# Validation CIDEr-D uses the pure-Python `CiderD` (no Java), with document frequencies from the training and
+# validation references (stable IDF weights; see `ValidationCider`).
+
+MODEL_GREEDY = "model, greedy"
+MOST_FREQUENT = "most frequent caption"
+NEAREST_NEIGHBOUR = "nearest neighbour"
+TABLE_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+def model_beam(beam_size: int) -> str:
+    """The table's name for the model decoded with beam search of width `beam_size`."""
+    return f"model, beam {beam_size}"
+
+
+@dataclass(frozen=True)
+class CaptionerSettings:
+    """How a captioner is trained and decoded in the end-to-end experiments (demo, k-fold, peer comparison).
+
+    Model:     hidden_size H, wordvec_size W, cell ("lstm" | "rnn")
+    Text:      min_count (a word needs this many training occurrences, else <UNK>), max_length (words per
+               training caption; longer ones are truncated)
+    Training:  epochs, batch_size, lr (peak of Adam's cosine schedule with warm-up), clip (global norm),
+               weight_decay (AdamW), patience (epochs without improvement before stopping; None: never), seed,
+               standardise_features ((x − mean) / std with TRAINING-image statistics), early_stopping
+               ("cider": best epoch = highest validation CIDEr-D of greedy captions; "loss": lowest validation
+               loss), max_train_seconds (a time budget per training run; None: none)
+    Decoding:  beam_size (the model is reported greedy AND with this beam), decode_max_length (tokens, <END>
+               included), allow_unk (may a caption contain <UNK>?)
+    Baseline:  nn_k (neighbours pooled by the nearest-neighbour baseline before consensus re-ranking)
+
+    The defaults were chosen by 5-fold cross-validation on the 271 images of ../shared/coco (see the report in
+    `minicap evaluate --folds 5`); they suit a few hundred images and ~1,000 captions, not all of COCO.
+    """
+
+    hidden_size: int = 256
+    wordvec_size: int = 128
+    cell: str = "lstm"
+    min_count: int = 3
+    max_length: int = 16
+    epochs: int = 25
+    batch_size: int = 64
+    lr: float = 2e-3
+    clip: float = 5.0
+    weight_decay: float = 1.0
+    patience: int | None = 8
+    seed: int = 0
+    standardise_features: bool = True
+    early_stopping: str = "cider"
+    max_train_seconds: float | None = None
+    beam_size: int = 3
+    decode_max_length: int = 17
+    allow_unk: bool = False
+    nn_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.early_stopping not in ("cider", "loss"):
+            raise ValueError(f'early_stopping must be "cider" or "loss", got {self.early_stopping!r}')
+        if self.beam_size < 2:
+            raise ValueError(f"beam_size must be >= 2 (greedy decoding is always reported), got {self.beam_size}")
+
+    def replace(self, **changes: Any) -> CaptionerSettings:
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+    def train_config(self) -> Any:
+        """The `minicap.train.TrainConfig` of these settings."""
+        from minicap.train import TrainConfig
+
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            clip=self.clip,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            seed=self.seed,
+            standardise_features=self.standardise_features,
+        )
+
+
+def generate_captions(
+    model: Any,
+    vocab: Any,
+    features: np.ndarray,
+    beam_size: int = 1,
+    max_length: int = 17,
+    allow_unk: bool = False,
+    batch_size: int = 256,
+) -> list[str]:
+    """Captions for images with features (N, F): greedy when beam_size = 1, else beam search. N strings."""
+    from minicap.decode import beam_search, decode_captions, greedy
+
+    out: list[str] = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        if beam_size == 1:
+            ids = greedy(model, chunk, max_length=max_length, allow_unk=allow_unk)
+        else:
+            ids = beam_search(model, chunk, beam_size=beam_size, max_length=max_length, allow_unk=allow_unk)
+        out.extend(decode_captions(ids, vocab))
+    return out
+
+
+class ValidationCider:
+    """`callable(model) -> float`: mean CIDEr-D of the model's greedy captions on validation images.
+
+    Plugged into the Trainer as `val_metric`, it picks the best epoch and drives early stopping by what the
+    captions are judged on, not by the loss (the two disagree late in training: the loss keeps rewarding
+    confident word probabilities after the decoded captions have stopped improving, or got worse).
+
+    vocab: the model's Vocabulary; image_ids (N,); references: image id -> raw captions; features (N, F).
+    corpus_ids: the images whose references give CIDEr-D's document frequencies (default: the validation images).
+        Pass the training images too: on a small validation set the IDF weights are noisy, and on ONE image every
+        n-gram has IDF log(1/1) = 0, so CIDEr-D would be 0 for every caption and pick nothing.
+    """
+
+    def __init__(
+        self,
+        vocab: Any,
+        image_ids: Sequence[int] | np.ndarray,
+        references: Mapping[int, Sequence[str]],
+        features: np.ndarray,
+        max_length: int = 17,
+        allow_unk: bool = False,
+        corpus_ids: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        self.vocab, self.features = vocab, np.asarray(features)
+        self.image_ids = [int(i) for i in image_ids]
+        if len(self.image_ids) != len(self.features):
+            raise ValueError(f"{len(self.image_ids)} validation ids but {len(self.features)} feature rows")
+        self.references = [[tokenize(c) for c in references[i]] for i in self.image_ids]
+        corpus = self.image_ids if corpus_ids is None else sorted({int(i) for i in corpus_ids} | set(self.image_ids))
+        self.cider = CiderD([tokenize(c) for c in references[i]] for i in corpus)
+        self.max_length, self.allow_unk = max_length, allow_unk
+
+    def __call__(self, model: Any) -> float:
+        from minicap.decode import greedy
+
+        ids = greedy(model, self.features, max_length=self.max_length, allow_unk=self.allow_unk)
+        scores = [
+            self.cider.score(self.vocab.decode_tokens(row), refs)
+            for row, refs in zip(ids, self.references, strict=True)
+        ]
+        return float(np.mean(scores))
+
+
+@dataclass
+class TrainedCaptioner:
+    """A captioner trained on one split: the best epoch's model, its vocabulary and the training record."""
+
+    model: Any  # minicap.model.CaptionModel (the best epoch's parameters)
+    vocab: Any  # minicap.data.Vocabulary built from the training captions
+    result: Any  # minicap.train.TrainResult
+    seconds: float
+
+
+def train_captioner(
+    coco: Any,
+    features: Any,
+    train_ids: Sequence[int] | np.ndarray,
+    val_ids: Sequence[int] | np.ndarray,
+    settings: CaptionerSettings = CaptionerSettings(),
+    *,
+    out_dir: str | Path | None = None,
+    encoder: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = False,
+    log: Any = None,
+) -> TrainedCaptioner:
+    """Train a captioner on the captions of `train_ids`, choosing its best epoch on `val_ids`.
+
+    coco: `minicap.data.CocoCaptions`; features: a FeatureStore (or anything with `.lookup(ids) -> (N, F)`).
+    The vocabulary comes from the training captions only; the model starts from `minicap.train.new_model`
+    (output bias at log word frequencies) and is trained by `minicap.train.train`. Every image must have
+    features: a missing one raises ONE MissingFeaturesError (count and first ids) before anything trains.
+    With `out_dir`, checkpoints/history/curves are written there (`best.npz` is the returned model).
+    """
+    from minicap.train import new_model, train
+
+    t0 = time.perf_counter()
+    data = prepare_training_data(coco, features, train_ids, val_ids, settings)
+    vocab, enc_train, enc_val = data.vocab, data.train, data.val
+    model = new_model(
+        vocab, data.feature_size, settings.hidden_size, settings.wordvec_size, settings.cell, seed=settings.seed
+    )
+    result = train(
+        enc_train.captions,
+        enc_train.image_ids,
+        features,
+        vocab,
+        val_captions=None if enc_val is None else enc_val.captions,
+        val_image_ids=None if enc_val is None else enc_val.image_ids,
+        model=model,
+        config=settings.train_config(),
+        out_dir=out_dir,
+        val_metric=data.val_metric,
+        max_seconds=settings.max_train_seconds,
+        encoder=encoder,
+        extra=extra,
+        progress=progress,
+        log=log,
+        plot=out_dir is not None,
+    )
+    best = result.best_model if result.best_model is not None else result.model
+    return TrainedCaptioner(best, vocab, result, time.perf_counter() - t0)
+
+
+@dataclass
+class TrainingData:
+    """One split ready for training: the vocabulary (training captions only), the encoded training and validation
+    captions (`minicap.data.EncodedCaptions`; val None when there is no validation image), the feature size F, and
+    the validation metric (a `ValidationCider`, or None when early stopping watches the loss)."""
+
+    vocab: Any
+    train: Any
+    val: Any
+    feature_size: int
+    val_metric: ValidationCider | None
+
+
+def prepare_training_data(
+    coco: Any,
+    features: Any,
+    train_ids: Sequence[int] | np.ndarray,
+    val_ids: Sequence[int] | np.ndarray,
+    settings: CaptionerSettings = CaptionerSettings(),
+) -> TrainingData:
+    """Vocabulary, encoded captions and validation metric of a split (shared with benchmarks/peer_torch.py, so
+    that both frameworks train on exactly the same arrays). Missing features: one MissingFeaturesError."""
+    from minicap.data import Vocabulary, encode_captions
+
+    train_set, val_set = {int(i) for i in train_ids}, {int(i) for i in val_ids}
+    if train_set & val_set:
+        raise ValueError(f"{len(train_set & val_set)} images are in both the training and the validation split")
+    train_pairs = [(i, t) for i, t in coco.captions if i in train_set]
+    val_pairs = [(i, t) for i, t in coco.captions if i in val_set]
+    if not train_pairs:
+        raise ValueError("no training captions: the training split is empty")
+    vocab = Vocabulary.from_captions((t for _, t in train_pairs), min_count=settings.min_count)
+    enc_train = encode_captions(train_pairs, vocab, settings.max_length)
+    enc_val = encode_captions(val_pairs, vocab, settings.max_length) if val_pairs else None
+    lookup = features.lookup if hasattr(features, "lookup") else features
+    if enc_val is not None:
+        _check_lookup(lookup, enc_val.image_ids, "validation")  # before any model exists
+    _check_lookup(lookup, enc_train.image_ids, "training")
+    feature_size = int(np.asarray(lookup(enc_train.image_ids[:1])).shape[1])
+    val_metric = None
+    if settings.early_stopping == "cider" and enc_val is not None:
+        ids = sorted(val_set)
+        val_metric = ValidationCider(
+            vocab,
+            ids,
+            coco.references(),
+            lookup(np.asarray(ids, np.int64)),
+            settings.decode_max_length,
+            settings.allow_unk,
+            corpus_ids=sorted(train_set),  # document frequencies from all training + validation references
+        )
+    return TrainingData(vocab, enc_train, enc_val, feature_size, val_metric)
+
+
+def _check_lookup(lookup: Any, image_ids: np.ndarray, what: str) -> None:
+    from minicap.train import check_features_available
+
+    check_features_available(image_ids, lookup, what=what)
+
+
+def baseline_captions(
+    coco: Any,
+    features: Any,
+    train_ids: Sequence[int] | np.ndarray,
+    test_ids: Sequence[int] | np.ndarray,
+    nn_k: int = 5,
+) -> dict[str, dict[int, str]]:
+    """The two baselines' captions for `test_ids`: {MOST_FREQUENT: {id: caption}, NEAREST_NEIGHBOUR: {...}}.
+
+    Both see only the training images' captions (and, for the nearest neighbour, their raw features).
+    """
+    lookup = features.lookup if hasattr(features, "lookup") else features
+    train_ids = np.asarray(sorted(int(i) for i in train_ids), dtype=np.int64)
+    test_ids = np.asarray(sorted(int(i) for i in test_ids), dtype=np.int64)
+    refs = coco.references()
+    train_refs = {int(i): refs[int(i)] for i in train_ids}
+    frequent = most_frequent_caption_baseline(c for i in train_ids for c in train_refs[int(i)])
+    nearest = nearest_neighbour_baseline(
+        lookup(train_ids), train_ids, train_refs, lookup(test_ids), test_ids, k=min(nn_k, len(train_ids))
+    )
+    return {MOST_FREQUENT: {int(i): frequent for i in test_ids}, NEAREST_NEIGHBOUR: nearest}
+
+
+@dataclass
+class HoldoutResult:
+    """One train/val/test experiment: every system's captions of the test images and their scores.
+
+    hypotheses: system -> image id -> caption; scores: system -> metric -> corpus value (TABLE_METRICS),
+    or CIDEr-D only (key "CIDEr") when no CaptionScorer was given.
+    """
+
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    test_ids: np.ndarray
+    captioner: TrainedCaptioner
+    hypotheses: dict[str, dict[int, str]]
+    scores: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+
+    def table(self, title: str = "") -> str:
+        rows = {system: {m: (v, None) for m, v in row.items()} for system, row in self.scores.items()}
+        return format_metrics_table(rows, title)
+
+
+def holdout_evaluation(
+    coco: Any,
+    features: Any,
+    train_ids: Sequence[int] | np.ndarray,
+    val_ids: Sequence[int] | np.ndarray,
+    test_ids: Sequence[int] | np.ndarray,
+    settings: CaptionerSettings = CaptionerSettings(),
+    scorer: CaptionScorer | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    encoder: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = False,
+    log: Any = None,
+) -> HoldoutResult:
+    """Train on `train_ids` (best epoch by `val_ids`), caption `test_ids` with the model (greedy and beam) and
+    both baselines, and score all four against the test references.
+
+    With a `CaptionScorer` every metric of TABLE_METRICS is computed by pycocoevalcap; without one, only
+    CIDEr-D (the pure-Python `CiderD`, document frequencies from the test references) — enough for quick
+    comparisons and for machines without Java.
+    """
+    test_ids = np.asarray(sorted(int(i) for i in test_ids), dtype=np.int64)
+    overlap = np.intersect1d(test_ids, np.union1d(np.asarray(train_ids), np.asarray(val_ids)))
+    if overlap.size:
+        raise ValueError(f"{overlap.size} test images are also training/validation images: {overlap[:5].tolist()}")
+    seconds: dict[str, float] = {}
+    captioner = train_captioner(
+        coco, features, train_ids, val_ids, settings, out_dir=out_dir, encoder=encoder, extra=extra,
+        progress=progress, log=log,
+    )  # fmt: skip
+    seconds["train"] = captioner.seconds
+    t0 = time.perf_counter()
+    lookup = features.lookup if hasattr(features, "lookup") else features
+    _check_lookup(lookup, test_ids, "test")
+    hypotheses = model_hypotheses(captioner, lookup(test_ids), test_ids, settings)
+    seconds["decode"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hypotheses.update(baseline_captions(coco, features, train_ids, test_ids, settings.nn_k))
+    seconds["baselines"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = score_systems(coco.references(), hypotheses, scorer)
+    seconds["score"] = time.perf_counter() - t0
+    return HoldoutResult(
+        train_ids=np.asarray(sorted(int(i) for i in train_ids), dtype=np.int64),
+        val_ids=np.asarray(sorted(int(i) for i in val_ids), dtype=np.int64),
+        test_ids=test_ids,
+        captioner=captioner,
+        hypotheses=hypotheses,
+        scores=scores,
+        seconds=seconds,
+    )
+
+
+def model_hypotheses(
+    captioner: TrainedCaptioner, test_features: np.ndarray, test_ids: np.ndarray, settings: CaptionerSettings
+) -> dict[str, dict[int, str]]:
+    """{MODEL_GREEDY: {id: caption}, model_beam(B): {...}} for test images with features (N, F)."""
+    out = {}
+    for beam, name in ((1, MODEL_GREEDY), (settings.beam_size, model_beam(settings.beam_size))):
+        texts = generate_captions(
+            captioner.model, captioner.vocab, test_features, beam, settings.decode_max_length, settings.allow_unk
+        )
+        out[name] = {int(i): t for i, t in zip(test_ids, texts, strict=True)}
+    return out
+
+
+def score_systems(
+    references: Mapping[int, Sequence[str]],
+    hypotheses: Mapping[str, Mapping[int, str]],
+    scorer: CaptionScorer | None = None,
+) -> dict[str, dict[str, float]]:
+    """system -> corpus metrics. With a scorer: pycocoevalcap's (all its metrics); without: {"CIDEr": CIDEr-D}
+    computed by `CiderD` with document frequencies from the references of the images scored (as pycocoevalcap)."""
+    if scorer is not None:
+        return {name: scorer.score(references, hyps).corpus for name, hyps in hypotheses.items()}
+    out = {}
+    for name, hyps in hypotheses.items():
+        ids = sorted(hyps)
+        refs = [[tokenize(c) for c in references[i]] for i in ids]
+        cider = CiderD(refs)
+        out[name] = {
+            "CIDEr": float(np.mean([cider.score(tokenize(hyps[i]), r) for i, r in zip(ids, refs, strict=True)]))
+        }
+    return out
+
+
+# ============================================================================================ tables
+
+
+def format_metrics_table(
+    rows: Mapping[str, Mapping[str, tuple[float, float | None]]],
+    title: str = "",
+    metrics: Sequence[str] = TABLE_METRICS,
+) -> str:
+    """A fixed-width table: one row per system, one column per metric, each cell 'mean' or 'mean ± sd'.
+
+    rows: system -> metric -> (value, sd or None). Metrics absent from every row are left out.
+    """
+    metrics = [m for m in metrics if any(m in r for r in rows.values())]
+    with_sd = any(sd is not None for r in rows.values() for _, sd in r.values())
+    width = 13 if with_sd else 7
+    name_width = max([len(n) for n in rows] + [len("system")])
+    lines = [title] if title else []
+    lines.append(f"{'system':<{name_width}}  " + "  ".join(f"{m:>{width}}" for m in metrics))
+    lines.append("-" * len(lines[-1]))
+    for name, row in rows.items():
+        cells = []
+        for m in metrics:
+            if m not in row:
+                cells.append(f"{'-':>{width}}")
+                continue
+            value, sd = row[m]
+            cells.append(f"{value:.3f} ± {sd:.3f}".rjust(width) if sd is not None else f"{value:{width}.3f}")
+        lines.append(f"{name:<{name_width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+# ============================================================================================ k-fold cross-validation
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """One fold: sorted int64 image ids. train and val together are the fold's training part."""
+
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def fold_splits(
+    image_ids: Sequence[int] | np.ndarray, k: int, seed: int = 0, val_fraction: float = 0.1
+) -> list[FoldSplit]:
+    """K folds by image (`minicap.data.kfold_by_image`); from each fold's training part a `val_fraction` slice
+    (at least one image) is held out for early stopping. Deterministic in (id set, k, seed)."""
+    from minicap.data import kfold_by_image, split_by_image
+
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    out = []
+    for f, (train_part, test) in enumerate(kfold_by_image(image_ids, k, seed)):
+        n_val = max(1, int(round(val_fraction * len(train_part))))
+        if n_val >= len(train_part):
+            raise ValueError(f"fold {f + 1}: {len(train_part)} training images are too few to hold out {n_val}")
+        split = split_by_image(train_part, [len(train_part) - n_val, n_val], seed=seed + 1 + f, names=("t", "v"))
+        out.append(FoldSplit(f + 1, split["t"], split["v"], test))
+    return out
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+@dataclass
+class CrossValidation:
+    """Per-fold scores of every system, and their summaries.
+
+    folds: one dict per fold: {"fold", "n_train", "n_val", "n_test", "scores": system -> metric -> value,
+    "best_epoch", "epochs", "train_seconds", "seconds"}. `reference` is the system wins are counted against.
+    """
+
+    folds: list[dict[str, Any]]
+    settings: CaptionerSettings
+    k: int
+    seed: int
+    seconds: float
+    reference: str = NEAREST_NEIGHBOUR
+
+    @property
+    def systems(self) -> list[str]:
+        return list(self.folds[0]["scores"])
+
+    @property
+    def metrics(self) -> list[str]:
+        first = self.folds[0]["scores"][self.systems[0]]
+        return [m for m in TABLE_METRICS if m in first]
+
+    def values(self, system: str, metric: str) -> np.ndarray:
+        """(K,) the metric of `system` in each fold."""
+        return np.array([f["scores"][system][metric] for f in self.folds])
+
+    def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """system -> metric -> (mean, sd over folds)."""
+        return {s: {m: _mean_sd(self.values(s, m)) for m in self.metrics} for s in self.systems}
+
+    def paired(self, system: str) -> dict[str, dict[str, Any]]:
+        """Per metric, `system` minus the reference fold by fold: mean ± sd of the difference and the wins."""
+        out = {}
+        for m in self.metrics:
+            diff = self.values(system, m) - self.values(self.reference, m)
+            mean, sd = _mean_sd(diff)
+            out[m] = {"mean": mean, "sd": sd, "wins": int((diff > 0).sum()), "folds": len(diff)}
+        return out
+
+    def table(self) -> str:
+        """The cross-validated table (mean ± sd over folds) and, for the model, the per-fold comparison."""
+        title = f"{self.k}-fold cross-validation by image (seed {self.seed}): mean ± sd over folds"
+        lines = [format_metrics_table(self.summary(), title, self.metrics)]
+        lines.append("")
+        lines.append(f"paired by fold, against the {self.reference} baseline: mean difference ± sd (wins / folds)")
+        models = [s for s in self.systems if s.startswith("model")]
+        name_width = max(len(s) for s in models)
+        lines.append(f"{'system':<{name_width}}  " + "  ".join(f"{m:>20}" for m in self.metrics))
+        for s in models:
+            cells = [f"{p['mean']:+.3f} ± {p['sd']:.3f} ({p['wins']}/{p['folds']})" for p in self.paired(s).values()]
+            lines.append(f"{s:<{name_width}}  " + "  ".join(f"{c:>20}" for c in cells))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "settings": self.settings.to_dict(),
+            "summary": {
+                system: {m: {"mean": mean, "sd": sd} for m, (mean, sd) in row.items()}
+                for system, row in self.summary().items()
+            },
+            "paired_vs": self.reference,
+            "paired": {s: self.paired(s) for s in self.systems if s != self.reference},
+            "folds": self.folds,
+        }
+
+
+def cross_validate(
+    coco: Any,
+    features: Any,
+    k: int = 5,
+    settings: CaptionerSettings = CaptionerSettings(),
+    scorer: CaptionScorer | None = None,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    log: Any = None,
+) -> CrossValidation:
+    """K-fold cross-validation by image of the captioner and both baselines.
+
+    Every image is a test image exactly once. In each fold a fresh captioner is trained on the fold's training
+    part minus a `val_fraction` validation slice (which picks its best epoch and stops it early), then the model
+    (greedy and beam), the most-frequent-caption and the nearest-neighbour baselines caption the test images and
+    are scored. Folds pair the systems: the same test images, the same training images.
+
+    coco: CocoCaptions whose every image has features in `features` (a FeatureStore or a lookup).
+    Returns a CrossValidation (per-fold scores, `summary()`, `paired()`, `table()`).
+    """
+    log = log or (lambda line: None)
+    lookup = features.lookup if hasattr(features, "lookup") else features
+    image_ids = coco.image_ids()
+    _check_lookup(lookup, image_ids, "cross-validation")
+    t0 = time.perf_counter()
+    folds = []
+    for split in fold_splits(image_ids, k, seed, val_fraction):
+        result = holdout_evaluation(coco, features, split.train, split.val, split.test, settings, scorer)
+        train = result.captioner.result
+        folds.append(
+            {
+                "fold": split.fold,
+                "n_train": len(split.train),
+                "n_val": len(split.val),
+                "n_test": len(split.test),
+                "scores": result.scores,
+                "best_epoch": train.best_epoch,
+                "epochs": train.epochs,
+                "stopped": train.stopped,
+                "train_seconds": result.seconds["train"],
+                "seconds": float(sum(result.seconds.values())),
+            }
+        )
+        beam = result.scores[model_beam(settings.beam_size)]
+        nn_row = result.scores[NEAREST_NEIGHBOUR]
+        log(
+            f"fold {split.fold}/{k}: {len(split.train)}/{len(split.val)}/{len(split.test)} images, best epoch "
+            f"{train.best_epoch}/{train.epochs} ({train.stopped}, {result.seconds['train']:.0f} s); "
+            + ", ".join(f"{m} {beam[m]:.3f} vs NN {nn_row[m]:.3f}" for m in ("BLEU-4", "CIDEr") if m in beam)
+        )
+    return CrossValidation(folds, settings, k, seed, time.perf_counter() - t0)

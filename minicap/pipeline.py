@@ -1,0 +1,600 @@
+"""minicap's main job end to end: a COCO folder in; captions, metrics and a figure out.
+
+DESIGN says only the CLI and the lessons tie the pieces together. This module IS that tying, written once so that
+`minicap demo` / `minicap caption` / `minicap evaluate` and lesson 06 run the same code; it holds no maths of its
+own. The stages, each a call into the library:
+
+    DIR/images/*.jpg + DIR/captions.json                          (find_coco: a clear message when absent)
+      │ minicap.encoders : EfficientNet-Lite0 .pth ──▶ ONNX graph  (ensure_encoder: built once, cached)
+      │ minicap.features : JPEG ──▶ ONNX Runtime ──▶ FeatureStore   (ensure_features: once, resumable, reused)
+      │ minicap.data     : split BY IMAGE: train / val / test      (demo_split, deterministic seed)
+      │ minicap.evaluate : train (best epoch by validation CIDEr-D), caption the test images greedy and with beam
+      │                    search, the two baselines, BLEU / METEOR / ROUGE-L / CIDEr
+      ▼ minicap.plots    : held-out photos beside their generated and reference captions
+
+Files of a demo run (`out_dir`, default runs/demo; the encoder and the features are reused by later runs):
+
+    efficientnet_lite0.onnx   the encoder            features.pkl           one feature vector per image
+    model/best.npz            the captioner          model/history.json, model/training_curves.png
+    results/<system>.json     COCO results format    metrics.json           the table's numbers, settings, split
+    captioned_photos.png      the figure
+
+Threads: on the 2-core machine this was written on, OpenBLAS with 2 threads made a training step of this small model
+(N=64, H=256) 10× SLOWER than 1 thread whenever another process used a core (1.39 s vs 0.12 s per step, measured
+while one other training ran). The CLI therefore sets OPENBLAS_NUM_THREADS=1 (unless set) before NumPy loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minicap.data import CocoCaptions, load_coco_captions, split_by_image
+from minicap.evaluate import (
+    MODEL_GREEDY,
+    NEAREST_NEIGHBOUR,
+    CaptionerSettings,
+    CaptionScorer,
+    EvaluationUnavailable,
+    HoldoutResult,
+    baseline_captions,
+    check_eval_dependencies,
+    format_metrics_table,
+    generate_captions,
+    holdout_evaluation,
+    model_beam,
+    score_systems,
+    write_coco_results,
+)
+from minicap.safe_io import atomic_write_json
+
+__all__ = [
+    "CocoDataMissing",
+    "CocoFolder",
+    "DEMO_SETTINGS",
+    "find_coco",
+    "ensure_encoder",
+    "ensure_features",
+    "captions_with_features",
+    "demo_split",
+    "make_scorer",
+    "DemoResult",
+    "run_demo",
+    "coco_photo_path",
+    "EncoderNotFound",
+    "resolve_encoder",
+    "CaptionRun",
+    "caption_files",
+    "evaluate_checkpoint",
+]
+
+Log = Callable[[str], None]
+
+# The demo's settings: CaptionerSettings' cross-validated defaults plus a time budget for training, so that the
+# whole demo stays within ~3 minutes on 2 cores (the budget only bites on a slow or busy machine).
+DEMO_SETTINGS = CaptionerSettings(max_train_seconds=100.0)
+
+DOWNLOAD_HINT = """\
+Get some COCO data first, in this layout:
+    DIR/images/*.jpg      the photos (COCO 2017 names, 000000000139.jpg, or COCO 2014 names)
+    DIR/captions.json     COCO captions JSON for them
+Either download a few hundred photos (needs the internet):
+    1. get captions_val2017.json: it is in annotations_trainval2017.zip from
+       http://images.cocodataset.org/annotations/annotations_trainval2017.zip (https://cocodataset.org/#download)
+    2. minicap data download --captions captions_val2017.json --limit 300 --out data/coco
+or point at a folder you already have:
+    MINICAP_COCO=/path/to/coco make demo        (or: minicap demo --coco /path/to/coco)"""
+
+
+# ============================================================================================ the COCO folder
+
+
+class CocoDataMissing(FileNotFoundError):
+    """The COCO folder is absent or incomplete; the message says what is missing and how to get data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoFolder:
+    """A COCO folder: `root/images/*.jpg` and `root/captions.json`."""
+
+    root: Path
+    images: Path
+    captions: Path
+
+
+def find_coco(coco_dir: str | os.PathLike) -> CocoFolder:
+    """Check that `coco_dir` holds images/ (with at least one .jpg) and captions.json; else CocoDataMissing."""
+    root = Path(coco_dir)
+    images, captions = root / "images", root / "captions.json"
+    if not root.is_dir():
+        problem = f"no COCO data at {root}: the folder does not exist."
+    elif not captions.is_file():
+        problem = f"no COCO data at {root}: {captions} is missing."
+    elif not images.is_dir():
+        problem = f"no COCO data at {root}: the folder {images} is missing."
+    elif not any(p.suffix.lower() in (".jpg", ".jpeg") for p in images.iterdir()):
+        problem = f"no COCO data at {root}: {images} holds no .jpg files."
+    else:
+        return CocoFolder(root, images, captions)
+    raise CocoDataMissing(f"{problem}\n{DOWNLOAD_HINT}")
+
+
+# ============================================================================================ encoder, features
+
+
+def ensure_encoder(work_dir: str | os.PathLike, arch: str = "efficientnet_lite0", log: Log | None = None) -> Path:
+    """`work_dir/<arch>.onnx`, built from the installed pretrained weights unless a valid one is already there."""
+    from minicap.encoders import build_encoder, read_encoder_metadata, save_encoder
+
+    log = log or (lambda line: None)
+    path = Path(work_dir) / f"{arch}.onnx"
+    if path.is_file():
+        try:
+            if read_encoder_metadata(path)["arch"] == arch:
+                log(f"encoder: reusing {path}")
+                return path
+        except ValueError:
+            pass  # not a minicap encoder (or damaged): rebuild it below
+        log(f"encoder: {path} is not a usable {arch} encoder; rebuilding it")
+    t0 = time.perf_counter()
+    save_encoder(build_encoder(arch), path)
+    log(f"encoder: built {arch} from its pretrained weights (no torch) -> {path} ({time.perf_counter() - t0:.1f} s)")
+    return path
+
+
+def ensure_features(
+    folder: CocoFolder,
+    encoder_path: str | os.PathLike,
+    features_path: str | os.PathLike,
+    progress: bool = True,
+    log: Log | None = None,
+    coco: CocoCaptions | None = None,
+) -> Any:
+    """The FeatureStore of every photo of `folder` (or only of `coco`'s images) at `features_path`: extracted
+    once, then reused.
+
+    `extract_features` is resumable and keyed by the ONNX file's sha256: images already in the store are reused,
+    only new ones go through ONNX Runtime, and a store from another encoder is refused (never mixed).
+    """
+    from minicap.features import coco_image_paths, extract_features
+
+    log = log or (lambda line: None)
+    paths = coco_image_paths(folder.captions, folder.images)
+    if coco is not None:
+        paths = {i: p for i, p in paths.items() if i in coco.images}
+    store = extract_features(paths, encoder_path, features_path, progress=progress)
+    run = store.manifest["extraction"]
+    log(
+        f"features: {run['extracted']} extracted, {run['reused']} reused, {run['skipped']} unreadable "
+        f"({run['seconds']:.1f} s) -> {features_path}: {len(store)} images x {store.feature_size}"
+    )
+    for s in store.skipped[:5]:
+        log(f"  skipped image {s['id']} ({s['path']}): {s['reason']}")
+    return store
+
+
+def captions_with_features(coco: CocoCaptions, store: Any, log: Log | None = None) -> CocoCaptions:
+    """The captions of the images that have features (photos missing from the folder, or unreadable, drop out)."""
+    log = log or (lambda line: None)
+    have = [int(i) for i in coco.image_ids() if int(i) in store]
+    dropped = len(coco.image_ids()) - len(have)
+    if dropped:
+        log(f"{dropped} captioned images have no photo/features and are left out; {len(have)} remain")
+    if not have:
+        raise ValueError("none of the captioned images has features: nothing to train on")
+    return coco.subset(have)
+
+
+def demo_split(
+    image_ids: Sequence[int] | np.ndarray, test_images: int = 30, val_fraction: float = 0.1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """train / val / test image ids: `test_images` held out (at most a fifth of the images), then `val_fraction`
+    of the rest (at least one image) for early stopping. Deterministic in (id set, seed)."""
+    n = len(np.unique(np.asarray(image_ids)))
+    if n < 3:
+        raise ValueError(f"need at least 3 images to split into train/val/test, got {n}")
+    n_test = max(1, min(test_images, n // 5))
+    n_val = max(1, int(round(val_fraction * (n - n_test))))
+    return split_by_image(image_ids, [n - n_test - n_val, n_val, n_test], seed=seed)
+
+
+def make_scorer(log: Log | None = None) -> CaptionScorer | None:
+    """A CaptionScorer with METEOR started, or None (with a note) when pycocoevalcap or Java is missing: then only
+    CIDEr-D (pure Python) is reported."""
+    log = log or (lambda line: None)
+    try:
+        check_eval_dependencies()
+    except EvaluationUnavailable as e:
+        log(f"note: {e}\n      -> reporting CIDEr-D only (pure Python) instead of all COCO metrics")
+        return None
+    scorer = CaptionScorer()
+    log("metrics: starting METEOR (a Java process that loads a 62 MB paraphrase table) ...")
+    log(f"metrics: METEOR ready ({scorer.warm_up():.1f} s)")
+    return scorer
+
+
+# ============================================================================================ the demo
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """What `run_demo` made. scores: system -> metric -> value; hypotheses: system -> image id -> caption."""
+
+    out_dir: Path
+    table: str
+    scores: dict[str, dict[str, float]]
+    hypotheses: dict[str, dict[int, str]]
+    references: dict[int, list[str]]
+    split: dict[str, list[int]]
+    checkpoint: Path | None
+    results_files: dict[str, Path]
+    figure: Path
+    metrics_file: Path
+    encoder: Path
+    features: Path
+    seconds: dict[str, float]
+    holdout: HoldoutResult = dataclasses.field(repr=False)
+
+    def summary(self) -> str:
+        files = [f"checkpoint {self.checkpoint}", f"figure {self.figure}", f"metrics {self.metrics_file}"]
+        files.append("results " + ", ".join(str(p) for p in self.results_files.values()))
+        timing = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+        return "\n".join([self.table, "", *files, f"time: {timing}"])
+
+
+def _slug(system: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in system).strip("_").replace("__", "_")
+
+
+def run_demo(
+    coco_dir: str | os.PathLike,
+    out_dir: str | os.PathLike = "runs/demo",
+    *,
+    settings: CaptionerSettings = DEMO_SETTINGS,
+    test_images: int = 30,
+    seed: int = 0,
+    photos: int = 6,
+    max_images: int | None = None,
+    encoder: str | os.PathLike | None = None,
+    arch: str = "efficientnet_lite0",
+    scorer: CaptionScorer | None | str = "auto",
+    progress: bool = True,
+    log: Log | None = print,
+) -> DemoResult:
+    """Caption COCO photos end to end and compare the captioner with two baselines on held-out photos.
+
+    coco_dir : DIR with images/*.jpg and captions.json (CocoDataMissing, with how to get data, if not).
+    out_dir : work folder; the encoder and the features cached there are reused by the next run.
+    settings : how the captioner is trained and decoded (DEMO_SETTINGS: cross-validated defaults + time budget).
+    test_images : photos held out for the table (at most a fifth of all); `seed` fixes the split.
+    photos : how many held-out photos the figure shows.
+    max_images : use only the first N captioned images by id (lesson 06's --quick); None: all of them.
+    encoder : use this encoder ONNX file instead of building `arch`'s (tests use a tiny one).
+    scorer : a CaptionScorer to use (and leave open), None for CIDEr-D only, "auto" to start one (or fall back).
+    Returns a DemoResult; `result.table` is the one table of metrics.
+    """
+    from minicap.checkpoint import encoder_info
+    from minicap.plots import plot_captioned_photos
+
+    log = log or (lambda line: None)
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    folder = find_coco(coco_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    coco = load_coco_captions(folder.captions)
+    if max_images is not None:
+        coco = coco.subset(coco.image_ids()[:max_images])
+    encoder_path = Path(encoder) if encoder is not None else ensure_encoder(out, arch, log)
+    features_path = out / "features.pkl"
+    store = ensure_features(folder, encoder_path, features_path, progress, log, coco)
+    seconds["features"] = time.perf_counter() - t0
+
+    coco = captions_with_features(coco, store, log)
+    split = demo_split(coco.image_ids(), test_images, seed=seed)
+    log(
+        f"data: {coco.num_captions} captions of {len(coco.image_ids())} images; split by image (seed {seed}): "
+        f"{len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test"
+    )
+
+    own_scorer = scorer == "auto"
+    t0 = time.perf_counter()
+    active_scorer = make_scorer(log) if own_scorer else scorer
+    seconds["metrics start"] = time.perf_counter() - t0
+    try:
+        log(
+            f"training: {settings.cell.upper()} H={settings.hidden_size} W={settings.wordvec_size}, up to "
+            f"{settings.epochs} epochs, best epoch by validation "
+            f"{'CIDEr-D' if settings.early_stopping == 'cider' else 'loss'}"
+            + (f", time budget {settings.max_train_seconds:.0f} s" if settings.max_train_seconds else "")
+        )
+        info = {**encoder_info(store, features_path), "onnx_path": str(encoder_path.resolve())}
+        extra = {
+            "data": {
+                "captions_file": str(folder.captions.resolve()),
+                "features_file": str(features_path.resolve()),
+                "split_seed": seed,
+                "min_count": settings.min_count,
+                "max_length": settings.max_length,
+                "num_images": {k: len(v) for k, v in split.items()},
+                "val_image_ids": split["val"].tolist(),
+                "test_image_ids": split["test"].tolist(),
+            },
+            "settings": settings.to_dict(),
+        }
+        result = holdout_evaluation(
+            coco, store, split["train"], split["val"], split["test"], settings, active_scorer,
+            out_dir=out / "model", encoder=info, extra=extra, progress=progress, log=log,
+        )  # fmt: skip
+    finally:
+        if own_scorer and active_scorer is not None:
+            active_scorer.close()
+    for stage in ("train", "decode", "baselines", "score"):
+        seconds[stage] = result.seconds[stage]
+    train = result.captioner.result
+    log(
+        f"training stopped: {train.stopped} after {train.epochs} epochs ({train.seconds:.0f} s); best epoch "
+        f"{train.best_epoch} (validation CIDEr-D {train.best_score:.3f})"
+        if train.criterion == "val_metric" and train.best_score is not None
+        else f"training stopped: {train.stopped} after {train.epochs} epochs; best epoch {train.best_epoch}"
+    )
+
+    t0 = time.perf_counter()
+    results_files = {}
+    for system, hyps in result.hypotheses.items():
+        path = out / "results" / f"{_slug(system)}.json"
+        write_coco_results(hyps, path)
+        results_files[system] = path
+    refs = coco.references()
+    test_ids = [int(i) for i in result.test_ids]
+    shown = test_ids[: max(0, photos)]
+    beam = model_beam(settings.beam_size)
+    figure = plot_captioned_photos(
+        [coco_photo_path(folder, coco, i) for i in shown],
+        [{beam: result.hypotheses[beam][i], NEAREST_NEIGHBOUR: result.hypotheses[NEAREST_NEIGHBOUR][i]} for i in shown],
+        out / "captioned_photos.png",
+        references=[refs[i] for i in shown],
+        titles=[f"image {i} (held out)" for i in shown],
+    )
+    seconds["files"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+
+    metric_note = "pycocoevalcap" if active_scorer is not None else "CIDEr-D only"
+    n_refs = np.mean([len(refs[i]) for i in test_ids])
+    table = result.table(
+        f"{len(test_ids)} held-out test photos ({n_refs:.3g} human captions each; metrics: {metric_note}); "
+        f"model trained on {len(split['train'])} photos, best epoch chosen on {len(split['val'])}"
+    )
+    metrics_file = out / "metrics.json"
+    atomic_write_json(
+        metrics_file,
+        {
+            "scores": result.scores,
+            "metrics_from": metric_note,
+            "settings": settings.to_dict(),
+            "split": {k: v.tolist() for k, v in split.items()},
+            "training": {
+                "stopped": train.stopped,
+                "epochs": train.epochs,
+                "best_epoch": train.best_epoch,
+                "criterion": train.criterion,
+                "best_score": train.best_score,
+                "vocabulary": len(result.captioner.vocab),
+            },
+            "seconds": seconds,
+        },
+    )
+    return DemoResult(
+        out_dir=out,
+        table=table,
+        scores=result.scores,
+        hypotheses=result.hypotheses,
+        references={i: refs[i] for i in test_ids},
+        split={k: v.tolist() for k, v in split.items()},
+        checkpoint=train.best_path,
+        results_files=results_files,
+        figure=figure,
+        metrics_file=metrics_file,
+        encoder=encoder_path,
+        features=features_path,
+        seconds=seconds,
+        holdout=result,
+    )
+
+
+def coco_photo_path(folder: CocoFolder, coco: CocoCaptions, image_id: int) -> Path:
+    """Where the photo of `image_id` is: its file_name, or the COCO 2014 names (as `coco_image_paths` looks)."""
+    names = [str(coco.images[image_id].get("file_name", ""))]
+    names += [f"COCO_val2014_{image_id:012d}.jpg", f"COCO_train2014_{image_id:012d}.jpg"]
+    for name in names:
+        if name and (folder.images / name).is_file():
+            return folder.images / name
+    raise FileNotFoundError(f"no photo of image {image_id} in {folder.images} (looked for {names})")
+
+
+# ============================================================================================ captioning JPEGs
+
+
+class EncoderNotFound(FileNotFoundError):
+    """The encoder a checkpoint was trained with cannot be found, or the file given is another encoder."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_encoder(checkpoint: Any, encoder: str | os.PathLike | None = None) -> Path:
+    """The ONNX file whose features `checkpoint` (a loaded Checkpoint) was trained on, verified by sha256.
+
+    `encoder` given: that file, which must have the recorded sha256 (if the checkpoint recorded one).
+    Otherwise the checkpoint header's encoder entry is followed: its absolute `onnx_path`, then `onnx_file` next to
+    the checkpoint, in its parent folder, and next to the recorded features file. EncoderNotFound says what was
+    looked for and how to fix it.
+    """
+    info = checkpoint.encoder
+    want = info.get("onnx_sha256")
+    arch = info.get("architecture") or "efficientnet_lite0"
+    if encoder is not None:
+        path = Path(encoder)
+        if not path.is_file():
+            raise EncoderNotFound(f"encoder {path} does not exist")
+        if want and _sha256(path) != want:
+            raise EncoderNotFound(
+                f"{path} is not the encoder {checkpoint.path} was trained with (sha256 {_sha256(path)[:12]}..., the "
+                f"checkpoint expects {want[:12]}... from {arch}); features of another encoder would give "
+                "meaningless captions"
+            )
+        return path
+    if not info:
+        raise EncoderNotFound(
+            f"{checkpoint.path} does not record which encoder made its features: pass --encoder FILE.onnx"
+        )
+    candidates: list[Path] = []
+    if info.get("onnx_path"):
+        candidates.append(Path(info["onnx_path"]))
+    if info.get("onnx_file"):
+        name = Path(info["onnx_file"]).name
+        candidates += [checkpoint.path.parent / name, checkpoint.path.parent.parent / name]
+        if info.get("features_file"):
+            candidates.append(Path(info["features_file"]).parent / name)
+    mismatched = []
+    for path in dict.fromkeys(candidates):  # in order, without repeats
+        if path.is_file():
+            if not want or _sha256(path) == want:
+                return path
+            mismatched.append(str(path))
+    looked = ", ".join(str(p) for p in dict.fromkeys(candidates)) or "(no path recorded)"
+    extra = f"; these exist but are other encoders (sha256 differs): {', '.join(mismatched)}" if mismatched else ""
+    raise EncoderNotFound(
+        f"the encoder {checkpoint.path} was trained with ({arch}, sha256 {(want or '?')[:12]}...) was not found; "
+        f"looked at {looked}{extra}. Pass --encoder FILE.onnx (the same file the features were extracted with; "
+        f"rebuild it with `minicap encoder build --arch {arch} --out FILE.onnx`)"
+    )
+
+
+@dataclasses.dataclass
+class CaptionRun:
+    """captions: [(image path, caption)] in the order given; failures: [(image path, reason)]."""
+
+    captions: list[tuple[Path, str]]
+    failures: list[tuple[Path, str]]
+    encoder: Path
+
+
+def caption_files(
+    images: Sequence[str | os.PathLike],
+    checkpoint: str | os.PathLike,
+    *,
+    beam_size: int = 1,
+    encoder: str | os.PathLike | None = None,
+    max_length: int = 17,
+    allow_unk: bool = False,
+    batch_size: int = 16,
+) -> CaptionRun:
+    """Caption image files with a trained checkpoint: JPEG -> ONNX encoder -> standardise -> decode -> text.
+
+    The encoder is the one the checkpoint names (see `resolve_encoder`), preprocessing comes from its EncoderSpec,
+    and the model standardises the features with its saved training statistics. Unreadable images are skipped and
+    listed in `failures`; a feature size that does not fit the model raises ValueError.
+    """
+    from PIL import Image
+
+    from minicap.checkpoint import load_checkpoint
+    from minicap.features import OnnxEncoder, load_image_tensor
+
+    ckpt = load_checkpoint(checkpoint)
+    path = resolve_encoder(ckpt, encoder)
+    onnx = OnnxEncoder(path)
+    model, vocab = ckpt.model, ckpt.vocab
+    if onnx.spec.feature_size != model.feature_size:
+        raise ValueError(
+            f"{path} gives {onnx.spec.feature_size}-d features ({onnx.arch}) but {checkpoint} expects "
+            f"{model.feature_size}-d ones: use the encoder the checkpoint was trained with"
+        )
+    loaded: list[tuple[Path, np.ndarray]] = []
+    failures: list[tuple[Path, str]] = []
+    for image in images:
+        p = Path(image)
+        try:
+            loaded.append((p, load_image_tensor(p, onnx.spec)))
+        except FileNotFoundError:
+            failures.append((p, "file not found"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # Pillow: UnidentifiedImageError (an OSError) for non-images, OSError for truncated files.
+            failures.append((p, f"not a readable image ({type(e).__name__}: {e})"))
+    captions: list[tuple[Path, str]] = []
+    for start in range(0, len(loaded), batch_size):
+        chunk = loaded[start : start + batch_size]
+        features, _ = onnx.run(np.stack([x for _, x in chunk]))
+        texts = generate_captions(model, vocab, features, beam_size, max_length, allow_unk)
+        captions.extend((p, t) for (p, _), t in zip(chunk, texts, strict=True))
+    return CaptionRun(captions, failures, path)
+
+
+# ============================================================================================ evaluating a checkpoint
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    features: str | os.PathLike,
+    captions: str | os.PathLike,
+    scorer: CaptionScorer | None = None,
+    *,
+    beam_size: int = 3,
+    max_length: int = 17,
+    nn_k: int = 5,
+    log: Log | None = None,
+) -> tuple[str, dict[str, dict[str, float]], dict[str, dict[int, str]]]:
+    """Score a trained checkpoint on the held-out images its header records (`extra.data.test_image_ids`).
+
+    The baselines use the images of `captions` that are neither validation nor test images as their training
+    set (the split the checkpoint records). Without recorded test ids, every captioned image is scored and no
+    baseline is computed (the model may have seen those images: the numbers are then not a held-out score).
+    Captions whose images have no features: one MissingFeaturesError (count, first ids). Features of another
+    size than the model's: FeatureStoreError. Returns (table, scores, hypotheses).
+    """
+    from minicap.checkpoint import load_checkpoint
+    from minicap.features import FeatureStore
+
+    log = log or (lambda line: None)
+    ckpt = load_checkpoint(checkpoint)
+    store = FeatureStore.load(features)
+    store.check_feature_size(ckpt.model.feature_size, what=f"checkpoint {checkpoint}")
+    coco = load_coco_captions(captions)
+    data = ckpt.extra.get("data", {})
+    test_ids = np.asarray(data.get("test_image_ids") or coco.image_ids(), dtype=np.int64)
+    unknown = sorted(set(test_ids.tolist()) - set(coco.images))
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} test images recorded in {checkpoint} are not in {captions} (first: {unknown[:5]}): "
+            "evaluate with the captions file the checkpoint was trained on"
+        )
+    test_features = store.lookup(test_ids)  # MissingFeaturesError (count, first ids) if any lacks features
+    hypotheses = {}
+    for beam, name in ((1, MODEL_GREEDY), (beam_size, model_beam(beam_size))):
+        texts = generate_captions(ckpt.model, ckpt.vocab, test_features, beam, max_length)
+        hypotheses[name] = {int(i): t for i, t in zip(test_ids, texts, strict=True)}
+    if data.get("test_image_ids"):
+        held = set(test_ids.tolist()) | {int(i) for i in data.get("val_image_ids", [])}
+        train_ids = [int(i) for i in coco.image_ids() if int(i) not in held and int(i) in store]
+        hypotheses.update(baseline_captions(coco, store, train_ids, test_ids, nn_k))
+        what = f"{len(test_ids)} held-out test images recorded in the checkpoint"
+    else:
+        log(f"note: {checkpoint} records no test images; scoring all {len(test_ids)} images (not a held-out score)")
+        what = f"all {len(test_ids)} images of {captions} (NOT held out)"
+    scores = score_systems(coco.references(), hypotheses, scorer)
+    rows = {s: {m: (v, None) for m, v in row.items()} for s, row in scores.items()}
+    return format_metrics_table(rows, f"{checkpoint} on {what}"), scores, hypotheses
