@@ -194,13 +194,17 @@ class CaptionModel:
 
     # -------------------------------------------------------------------------------------------- the loss
 
-    def loss(self, features: np.ndarray, captions: np.ndarray) -> tuple[np.floating, dict[str, np.ndarray]]:
+    def loss(
+        self, features: np.ndarray, captions: np.ndarray, backward: bool = True
+    ) -> tuple[np.floating, dict[str, np.ndarray]]:
         """Training loss and the gradient of every parameter.
 
         features: (N, F) image features.
         captions: (N, T+1) int word ids, each row <START> w1 … wk <END> then <NULL> = 0 padding.
             The network reads captions[:, :-1] and must predict captions[:, 1:] (the same words shifted by one);
             targets that are <NULL> or come after the first <END> are masked out (`target_mask`).
+
+        backward: False skips the backward pass (validation), returning an empty grads dict.
 
         Returns (loss, grads): loss = summed masked cross-entropy / N (nats per caption), a NumPy scalar of the
         model's dtype; grads has the keys of `self.params`.
@@ -227,7 +231,10 @@ class CaptionModel:
         h_counted = h.reshape(N * T, -1)[counted]  # (K, H)
         scores, vocab_cache = nn.affine_forward(h_counted, p["W_vocab"], p["b_vocab"])  # (K, V)
         weights = np.full(scores.shape[0], 1.0 / N, dtype=self.dtype)  # loss = Σ cross-entropy / N
-        loss, dscores = nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights)
+        if not backward:
+            return nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights, out=scores)[0], {}
+        # (the gradient overwrites the scores, which nothing needs any more: no second (K, V) array)
+        loss, dscores = nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights, out=scores)
 
         # Backward: the same path in reverse.
         grads: dict[str, np.ndarray] = {}

@@ -345,7 +345,7 @@ def validation_loss(model: CaptionModel, data: CaptionDataset, batch_size: int =
     total, count = 0.0, 0
     for start in range(0, len(data), batch_size):
         batch = data.batch(np.arange(start, min(start + batch_size, len(data))))
-        loss, _ = model.loss(batch.features, batch.captions)  # the gradients are computed and dropped
+        loss, _ = model.loss(batch.features, batch.captions, backward=False)
         total += float(loss) * len(batch.captions)
         count += len(batch.captions)
     return total / count

@@ -143,3 +143,11 @@ def test_clear_errors_for_bad_inputs():
         model.loss(features, captions[:2])
     with pytest.raises(ValueError, match="cell"):
         CaptionModel(11, 7, cell="gru")
+
+
+def test_forward_only_loss_equals_the_training_loss():
+    features, captions = small_caption_batch(0)
+    model = _model()
+    loss, grads = model.loss(features, captions)
+    loss_only, no_grads = model.loss(features, captions, backward=False)
+    assert loss_only == loss and no_grads == {} and grads

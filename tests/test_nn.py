@@ -307,3 +307,14 @@ def test_state_gradients_agree_with_bptt_and_numerics(rng, cell):
         lambda: np.sum(forward(x[:, t:], h_t, Wx, Wh, b, **extra)[0] * dh[:, t:]), h_t
     )
     assert gradcheck.rel_error(dh_states[t], numeric) < 1e-6
+
+
+def test_softmax_loss_can_write_its_gradient_over_the_logits(rng):
+    logits = rng.standard_normal((6, 9))
+    targets = rng.integers(0, 9, size=6)
+    weights = rng.random(6)
+    loss, grad = nn.softmax_loss(logits, targets, weights)
+    buffer = logits.copy()
+    loss_in_place, grad_in_place = nn.softmax_loss(buffer, targets, weights, out=buffer)
+    assert grad_in_place is buffer and loss_in_place == loss
+    np.testing.assert_array_equal(grad_in_place, grad)

@@ -320,8 +320,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     trainer, _ = small_run(tmp_path, epochs=4)
     real_loss = CaptionModel.loss
 
-    def loss_with_nan_at_step_5(self, features, captions):
-        loss, grads = real_loss(self, features, captions)
+    def loss_with_nan_at_step_5(self, features, captions, backward=True):
+        loss, grads = real_loss(self, features, captions, backward)
         # 4 updates done: this is update 5 (epoch 2, batch 2). Validation after epoch 1 ran at 3 updates.
         return (np.float32(np.nan), grads) if trainer.state.step == 4 else (loss, grads)
 
@@ -345,8 +345,8 @@ def test_nan_validation_loss_stops_training_without_saving_that_epoch(tmp_path, 
     trainer, _ = small_run(tmp_path, epochs=2)
     real_loss = CaptionModel.loss
 
-    def nan_in_validation(self, features, captions):
-        loss, grads = real_loss(self, features, captions)
+    def nan_in_validation(self, features, captions, backward=True):
+        loss, grads = real_loss(self, features, captions, backward)
         return (np.float32(np.nan), grads) if trainer.state.batch_in_epoch == 3 else (loss, grads)  # epoch end
 
     monkeypatch.setattr(CaptionModel, "loss", nan_in_validation)
@@ -459,7 +459,7 @@ def test_cli_train_bad_inputs_and_divergence(tmp_path, capsys, monkeypatch):
 
     # A NaN loss: exit code 1, a message with a hint, and the last checkpoint untouched.
     before = (out / "last.npz").read_bytes()
-    monkeypatch.setattr(CaptionModel, "loss", lambda self, f, c: (np.float32(np.nan), {}))
+    monkeypatch.setattr(CaptionModel, "loss", lambda self, f, c, backward=True: (np.float32(np.nan), {}))
     assert main([*resume, "--features", str(features)]) == 1
     err = capsys.readouterr().err
     assert "training diverged at step 2" in err and "lower learning rate" in err

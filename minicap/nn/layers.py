@@ -86,7 +86,9 @@ def affine_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> tuple[np.ndar
 
     x: (N, D), W: (D, M), b: (M,)  ->  out: (N, M)
     """
-    return x @ W + b, AffineCache(x, W)
+    out = x @ W
+    out += b  # in place: `x @ W + b` would allocate and fill a second (N, M) array
+    return out, AffineCache(x, W)
 
 
 def affine_backward(dout: np.ndarray, cache: AffineCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,7 +166,9 @@ def temporal_affine_backward(dout: np.ndarray, cache: TemporalAffineCache) -> tu
 # ------------------------------------------------------------------------------- masked softmax cross-entropy
 
 
-def softmax_loss(logits: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tuple[np.floating, np.ndarray]:
+def softmax_loss(
+    logits: np.ndarray, targets: np.ndarray, weights: np.ndarray, out: np.ndarray | None = None
+) -> tuple[np.floating, np.ndarray]:
     """Weighted softmax cross-entropy over rows:
 
         L = −Σ_m weights[m] · log softmax(logits[m])[targets[m]]
@@ -177,13 +181,15 @@ def softmax_loss(logits: np.ndarray, targets: np.ndarray, weights: np.ndarray) -
       contributes exactly 0 (never `0 · log 0 = NaN`), and its gradient row is exactly 0.
 
     logits: (M, V) float, targets: (M,) int in [0, V), weights: (M,) of the logits' dtype.
+    out: optional (M, V) buffer for dlogits; it may be `logits` itself when the caller no longer needs them (the
+        caption model does this: with V = 10,000 the logits are the largest array of a training step).
     Returns (loss, dlogits): a NumPy scalar (not a Python float, so a gradient check in extended precision keeps
     every digit) and (M, V), both of the logits' dtype.
     """
     rows = np.arange(logits.shape[0])
-    # One buffer holds, in turn, the shifted logits, their exponentials and finally the gradient: for V = 10,000
-    # it is the largest array of a training step, and not copying it is most of this function's speed.
-    grad = logits - logits.max(axis=1, keepdims=True)
+    # One buffer holds, in turn, the shifted logits, their exponentials and finally the gradient: each step is
+    # an in-place pass over the (M, V) array instead of a new array.
+    grad = np.subtract(logits, logits.max(axis=1, keepdims=True), out=out)
     target_logit = grad[rows, targets]  # (M,) shifted logit of the right word, gathered before exp
     np.exp(grad, out=grad)
     sum_exp = grad.sum(axis=1)  # (M,), each ≥ 1

@@ -167,11 +167,13 @@ def lstm_forward(
     dtype = x.dtype
     xt = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D)
 
-    gates = (xt.reshape(T * N, D) @ Wx + b).reshape(T, N, 4 * H)  # x_t Wx + b, every t at once
+    gates = (xt.reshape(T * N, D) @ Wx).reshape(T, N, 4 * H)  # x_t Wx for every t at once,
+    gates += b  # + b, in place
     h = np.empty((T + 1, N, H), dtype=dtype)
     c = np.empty((T + 1, N, H), dtype=dtype)
     tanh_c = np.empty((T, N, H), dtype=dtype)
-    recurrent = np.empty((N, 4 * H), dtype=dtype)
+    recurrent = np.empty((N, 4 * H), dtype=dtype)  # h_{t−1} Wh, reused at every step
+    input_times_candidate = np.empty((N, H), dtype=dtype)  # i ⊙ g, reused at every step
     h[0] = h0
     c[0] = 0.0 if c0 is None else c0
 
@@ -183,7 +185,7 @@ def lstm_forward(
         np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])  # g
         i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
         np.multiply(f, c[t], out=c[t + 1])
-        c[t + 1] += i * g  # c_t = f ⊙ c_{t−1} + i ⊙ g
+        c[t + 1] += np.multiply(i, g, out=input_times_candidate)  # c_t = f ⊙ c_{t−1} + i ⊙ g
         np.tanh(c[t + 1], out=tanh_c[t])
         np.multiply(o, tanh_c[t], out=h[t + 1])  # h_t = o ⊙ tanh(c_t)
 

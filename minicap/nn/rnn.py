@@ -115,7 +115,8 @@ def rnn_forward(
     xt = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D)
     h = np.empty((T + 1, N, H), dtype=x.dtype)
     h[0] = h0
-    h[1:] = (xt.reshape(T * N, D) @ Wx + b).reshape(T, N, H)  # x_t Wx + b for every t at once
+    np.matmul(xt.reshape(T * N, D), Wx, out=h[1:].reshape(T * N, H))  # x_t Wx for every t at once,
+    h[1:] += b  # + b, in place
     for t in range(T):
         h[t + 1] += h[t] @ Wh  # a_t = (x_t Wx + b) + h_{t−1} Wh
         np.tanh(h[t + 1], out=h[t + 1])  # h_t = tanh(a_t), in place
