@@ -559,8 +559,23 @@ def minibatches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bo
 # ============================================================================================ dataset
 
 
-class MissingFeaturesError(LookupError):
-    """Some image ids have no feature vector."""
+class MissingFeaturesError(KeyError):
+    """Some requested image ids have no feature vector: ONE error with the count and the first ids.
+
+    Raised by `FeatureTable.lookup` and `minicap.features.FeatureStore.lookup` alike; `.missing` lists the ids.
+    """
+
+    def __init__(self, missing: Sequence[int], requested: int, source: str = "the feature store") -> None:
+        self.missing = [int(i) for i in missing]
+        first = ", ".join(str(i) for i in self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
+        self.message = (
+            f"{len(self.missing)} of {requested} requested image ids have no features in {source} "
+            f"(first: {first}); extract them with `minicap extract` or drop them from the split"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return self.message
 
 
 class FeatureTable:
@@ -586,9 +601,7 @@ class FeatureTable:
         rows = [self._row.get(int(i), -1) for i in ids]
         missing = sorted({int(i) for i, r in zip(ids, rows, strict=True) if r < 0})
         if missing:
-            raise MissingFeaturesError(
-                f"{len(missing)} image ids have no features (first: {missing[:5]}); this table holds {len(self)} images"
-            )
+            raise MissingFeaturesError(missing, requested=len(set(ids.tolist())), source="this feature table")
         return self.features[np.array(rows, dtype=np.int64)]
 
     __call__ = lookup

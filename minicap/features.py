@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from minicap import __version__
+from minicap.data import MissingFeaturesError  # one error type for every feature lookup
 from minicap.encoders.spec import EncoderSpec, load_rgb, preprocess
 from minicap.safe_io import RestrictedUnpickler, UnsafePickleError, atomic_write
 
@@ -83,22 +84,6 @@ _PICKLE_PROTOCOL = 5  # in-band buffers: loading rebuilds each array from its by
 
 class FeatureStoreError(ValueError):
     """A feature store file or object is malformed, or does not fit what it is used with."""
-
-
-class MissingFeaturesError(KeyError):
-    """Some requested image ids have no features in the store."""
-
-    def __init__(self, missing: Sequence[int], requested: int, source: str = "the feature store") -> None:
-        self.missing = [int(i) for i in missing]
-        first = ", ".join(str(i) for i in self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
-        self.message = (
-            f"{len(self.missing)} of {requested} requested image ids have no features in {source} "
-            f"(first: {first}); extract them with `minicap extract` or drop them from the split"
-        )
-        super().__init__(self.message)
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return self.message
 
 
 # ------------------------------------------------------------------------------------------------- the store

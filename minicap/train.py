@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from minicap.checkpoint import Checkpoint, CheckpointError, encoder_info, load_checkpoint, save_checkpoint
-from minicap.data import CaptionDataset, Vocabulary, minibatches
+from minicap.data import CaptionDataset, MissingFeaturesError, Vocabulary, minibatches
 from minicap.model import CaptionModel
 from minicap.optim import Adam, Constant, CosineWithWarmup, Schedule, clip_grad_norm
 from minicap.safe_io import atomic_write_json
@@ -262,7 +262,9 @@ def missing_feature_ids(image_ids: np.ndarray, features: Any) -> list[int]:
     try:
         lookup(unique)  # the usual case: everything is there, one call
         return []
-    except LookupError:  # both minicap MissingFeaturesError classes are LookupErrors
+    except MissingFeaturesError as error:  # a FeatureStore or FeatureTable names the missing ids
+        return sorted(set(error.missing))
+    except LookupError:  # a plain lookup function: find them below
         pass
     owner = getattr(lookup, "__self__", None)  # a bound FeatureStore.lookup: its store answers `in` quickly
     if owner is not None and hasattr(owner, "__contains__"):
@@ -281,8 +283,6 @@ def check_features_available(image_ids: np.ndarray, features: Any, what: str = "
 
     Called before training starts, so a missing image fails in a second and not hours into a run.
     """
-    from minicap.features import MissingFeaturesError
-
     image_ids = np.asarray(image_ids, dtype=np.int64)
     missing = missing_feature_ids(image_ids, features)
     if missing:

@@ -360,10 +360,10 @@ def test_caption_dataset_batches_features_and_trims_padding(rng):
 
 def test_caption_dataset_fails_early_on_missing_features(rng):
     table = FeatureTable(np.array([1, 2]), rng.standard_normal((2, 4)))
-    with pytest.raises(MissingFeaturesError, match=r"2 image ids have no features \(first: \[5, 9\]\)"):
+    with pytest.raises(MissingFeaturesError, match=r"2 of 3 requested image ids have no features .*\(first: 5, 9\)"):
         table.lookup([1, 9, 5, 9])
     captions = np.array([[START, 4, END], [START, 5, END], [START, 4, END]], dtype=np.int32)
-    with pytest.raises(MissingFeaturesError, match="first: \\[7\\]"):
+    with pytest.raises(MissingFeaturesError, match="first: 7\\)"):
         CaptionDataset(captions, np.array([1, 7, 2]), table.lookup)
     with pytest.raises(ValueError, match="need captions"):
         CaptionDataset(captions, np.array([1, 2]), table.lookup)
