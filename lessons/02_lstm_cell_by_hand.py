@@ -43,7 +43,6 @@ Writes DIR/lstm_step.png (weights with their gate blocks, gate values, c and h) 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from minicap import gradcheck, nn
-from minicap.safe_io import atomic_write_bytes, atomic_write_json
+from minicap.plots import save_figure
+from minicap.safe_io import atomic_write_json
 
 GATES = ("i", "f", "o", "g")
 GATE_MEANING = {
@@ -105,13 +105,6 @@ def print_weights(inputs: dict[str, np.ndarray]) -> None:
         print(f"  {name:<5} " + "  ".join(" ".join(f"{v:+7.2f}" for v in row[k * H : (k + 1) * H]) for k in range(4)))
 
 
-def save_figure(fig, path: Path) -> None:
-    """Render to memory, then write atomically: a killed run never leaves a half-written PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_step(inputs: dict[str, np.ndarray], gates: dict[str, np.ndarray], c: np.ndarray, h: np.ndarray, path: Path):
     import matplotlib
 
@@ -141,7 +134,7 @@ def plot_step(inputs: dict[str, np.ndarray], gates: dict[str, np.ndarray], c: np
     ax_g.set_xticks(range(len(values)), names, rotation=45)
     ax_g.set_title("gate values, old cell, new cell c and output h")
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 

@@ -60,7 +60,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import copy
 import dataclasses
-import io
 import sys
 import time
 from pathlib import Path
@@ -68,7 +67,8 @@ from pathlib import Path
 import numpy as np
 
 from minicap.optim import SGD, Adam, Optimizer
-from minicap.safe_io import atomic_write_bytes, atomic_write_json
+from minicap.plots import save_figure
+from minicap.safe_io import atomic_write_json
 from minicap.sequence_tasks import ADDING_BASELINE_MSE, SequenceRegressor, adding_problem
 from minicap.sequence_training import TrainingHistory, adding_batches, global_norm, train_regressor
 
@@ -193,13 +193,6 @@ def train_all(cfg: Config) -> dict[str, list[TrainingHistory]]:
 # --------------------------------------------------------------------------------------------------- figures
 
 
-def save_figure(fig, path: Path) -> None:
-    """Render to memory, then write atomically: a killed run never leaves a half-written PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_gradient_through_time(gtt: dict[str, dict], cfg: Config, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -211,7 +204,7 @@ def plot_gradient_through_time(gtt: dict[str, dict], cfg: Config, path: Path) ->
     ax.set_title(f"Gradient through time in a tanh RNN at initialisation (T = {cfg.T}, H = {cfg.hidden})")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 
@@ -245,7 +238,7 @@ def plot_training(results: dict[str, list[TrainingHistory]], cfg: Config, path: 
     ax_l.legend(fontsize=8)
     ax_n.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 

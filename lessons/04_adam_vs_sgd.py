@@ -66,7 +66,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import dataclasses
-import io
 import math
 import sys
 import time
@@ -76,7 +75,8 @@ from pathlib import Path
 import numpy as np
 
 from minicap.optim import SGD, Adam, Momentum, Optimizer
-from minicap.safe_io import atomic_write_bytes, atomic_write_json
+from minicap.plots import save_figure
+from minicap.safe_io import atomic_write_json
 from minicap.sequence_tasks import ADDING_BASELINE_MSE, SequenceRegressor, adding_problem
 from minicap.sequence_training import TrainingHistory, adding_batches, global_norm, train_regressor
 
@@ -196,13 +196,6 @@ def bias_correction_trace(lr: float, cfg: Config) -> dict:
 # --------------------------------------------------------------------------------------------------- figures
 
 
-def save_figure(fig, path: Path) -> None:
-    """Render to memory, then write atomically: a killed run never leaves a half-written PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_learning_rates(sweep: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -220,7 +213,7 @@ def plot_learning_rates(sweep: dict, path: Path) -> None:
     ax.set_title("Learning-rate sweep, same budget (× = diverged)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 
@@ -241,7 +234,7 @@ def plot_curves(best: dict[str, TrainingHistory], chosen: dict[str, float], path
     ax_l.set_title("training loss (moving average of 20 batches), seed 0")
     ax_v.set_title("validation MSE, seed 0")
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 
@@ -268,7 +261,7 @@ def plot_bias_correction(trace: dict, path: Path) -> None:
     ax_r.grid(True, which="both", alpha=0.3)
     ax_r.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 

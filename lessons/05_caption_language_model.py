@@ -102,7 +102,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import dataclasses
-import io
 import math
 import sys
 import time
@@ -133,7 +132,8 @@ from minicap.language_model import (
     stream_chunks,
 )
 from minicap.optim import Adam, CosineWithWarmup, clip_grad_norm
-from minicap.safe_io import atomic_write_bytes, atomic_write_json
+from minicap.plots import save_figure
+from minicap.safe_io import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("MINICAP_SHARED", REPO_ROOT.parent / "shared"))
@@ -318,13 +318,6 @@ def sample_report(model: LSTMLanguageModel, splits: Splits, cfg: Config) -> tupl
 # ------------------------------------------------------------------------------------------------- figures
 
 
-def save_figure(fig, path: Path) -> None:
-    """Render to memory, then write atomically: a killed run never leaves a half-written PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_perplexity(result: TrainResult, baselines: dict[str, float], curves: dict[str, np.ndarray], path: Path):
     import matplotlib
 
@@ -357,7 +350,7 @@ def plot_perplexity(result: TrainResult, baselines: dict[str, float], curves: di
     ax_s.grid(True, alpha=0.3)
     ax_s.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 
@@ -379,7 +372,7 @@ def plot_chunk_lengths(rows: list[dict], bigram: float, path: Path) -> None:
     ax.set_title("truncation length k, same updates of N·k tokens")
     ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=110, tight=True)
     plt.close(fig)
 
 

@@ -21,10 +21,13 @@ from minicap.safe_io import atomic_write_bytes
 __all__ = ["plot_training_curves", "plot_captioned_photos", "save_figure"]
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Render `fig` to PNG (Agg) in memory, then write it to `path` atomically."""
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, tight: bool = False) -> Path:
+    """Render `fig` to PNG in memory, then write it to `path` atomically (a killed run leaves no half a PNG).
+
+    tight=True trims the white margin (bbox_inches="tight"; it costs a second draw of the figure).
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)  # (no bbox_inches="tight": it draws the figure twice)
+    fig.savefig(buf, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
