@@ -34,6 +34,7 @@ __all__ = [
     "allowed_tokens",
     "greedy",
     "sample",
+    "sample_from_state",
     "beam_search",
     "length_penalty_factor",
     "caption_log_probs",
@@ -113,19 +114,38 @@ def sample(
         decoding); above 1 flattens it (more varied, more mistakes). Use `greedy` for temperature 0.
     rng: a Generator, or a seed for one. The same seed gives the same captions.
     """
+    features = _check_args(model, features, max_length)
+    return sample_from_state(
+        model.step, model.initial_state(features), model.vocab_size, temperature, rng, max_length, allow_unk
+    )
+
+
+def sample_from_state(
+    step: Any,
+    state: Any,
+    vocab_size: int,
+    temperature: float = 1.0,
+    rng: np.random.Generator | int | None = None,
+    max_length: int = 20,
+    allow_unk: bool = False,
+) -> np.ndarray:
+    """The sampling loop of `sample`, for any model with `logits, state = step(words, state)`: from `state`
+    (a batch of N sequences, each about to read <START>) -> ids (N, max_length). The caption model starts from
+    its image; the language model of lesson 05 (minicap.language_model) starts from its caption-start state.
+    """
     temperature = float(temperature)
     if not (np.isfinite(temperature) and temperature > 0.0):
         raise ValueError(f"temperature must be a finite number > 0 (use greedy() for temperature 0), got {temperature}")
-    features = _check_args(model, features, max_length)
+    if int(max_length) != max_length or max_length < 1:
+        raise ValueError(f"max_length must be an integer >= 1, got {max_length}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    N = features.shape[0]
-    allowed = allowed_tokens(model.vocab_size, allow_unk)
+    N = len(state[0])
+    allowed = allowed_tokens(vocab_size, allow_unk)
     ids = np.full((N, max_length), NULL_ID, dtype=np.int32)
     words = np.full(N, START_ID, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
-    state = model.initial_state(features)
     for t in range(max_length):
-        logits, state = model.step(words, state)
+        logits, state = step(words, state)
         probs = np.exp(_masked_log_probs(logits.astype(np.float64) / temperature, allowed))  # (N, V)
         # Inverse-CDF sampling, all rows at once: the first token whose cumulative probability exceeds u ~ U[0, 1).
         # Dividing by the last entry makes it exactly 1 > u, so the answer is always a token of probability > 0

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse
 
 from minicap import nn
+from minicap.decode import sample_from_state
 from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel, target_mask
 
 __all__ = [
@@ -565,32 +566,18 @@ class LSTMLanguageModel:
         drawn: their scores are set to −∞, so the others are renormalised.
         Returns (num_samples, max_length) int32: tokens up to and including <END>, then <NULL>.
         """
-        temperature = float(temperature)
-        if not (np.isfinite(temperature) and temperature > 0.0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        if int(max_length) != max_length or max_length < 1 or int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"need num_samples ≥ 1 and max_length ≥ 1, got {num_samples} and {max_length}")
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        allowed = predictable_tokens(self.vocab_size)
-        allowed[UNK_ID] = allow_unk
-        N = int(num_samples)
-        ids = np.full((N, max_length), NULL_ID, dtype=np.int32)
-        words = np.full(N, START_ID, dtype=np.int64)
-        done = np.zeros(N, dtype=bool)
-        state = self.caption_start_state(N)
-        for t in range(max_length):
-            scores, state = self.step(words, state)
-            log_p = nn.log_softmax(np.where(allowed, scores.astype(np.float64) / temperature, -np.inf), axis=1)
-            # Inverse-CDF sampling for all rows at once (as minicap.decode.sample does).
-            cdf = np.cumsum(np.exp(log_p), axis=1)
-            cdf /= cdf[:, -1:]
-            words = (cdf <= rng.random((N, 1))).sum(axis=1)
-            words[done] = NULL_ID
-            ids[:, t] = words
-            done |= words == END_ID
-            if done.all():
-                break
-        return ids
+        if int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"need num_samples ≥ 1, got {num_samples}")
+        # The same loop as the captioner's sampler; only the starting state differs.
+        return sample_from_state(
+            self.step,
+            self.caption_start_state(int(num_samples)),
+            self.vocab_size,
+            temperature,
+            rng,
+            max_length,
+            allow_unk,
+        )
 
 
 # ------------------------------------------------------------------------------- streams for truncated BPTT
