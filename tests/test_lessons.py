@@ -182,3 +182,28 @@ def test_lesson_05_lstm_language_model_beats_the_bigram(tmp_path, shared_coco):
     # Truncated BPTT: what one chunk keeps for the backward pass is a tiny fraction of BPTT along a whole row.
     memory = s["tbptt"]["memory"]
     assert memory["full_row_MB"] > 100 * memory["chunk_MB"]
+
+
+# ----------------------------------------------------------------------------- 06 captioning COCO end to end
+
+
+def test_lesson_06_captions_metrics_and_figure(tmp_path, shared_coco):
+    s = run_lesson("06_captioning_coco", tmp_path, "--coco", str(shared_coco))
+    assert s["quick"] is True
+    _assert_figures(s, tmp_path)
+    assert "captioned_photos.png" in s["figures"]
+    # The pipeline ran: features -> split by image -> trained model -> captions for every held-out photo.
+    assert s["split"] == {"train": 90, "val": 10, "test": 20}
+    assert (tmp_path / "features.pkl").is_file() and (tmp_path / s["checkpoint"]).is_file()
+    systems = ["model, greedy", "model, beam 3", "most frequent caption", "nearest neighbour"]
+    assert len(s["captions"]) == 20 and all(set(c) == set(systems) for c in s["captions"].values())
+    assert all(c["model, beam 3"].split() for c in s["captions"].values())  # a caption, not an empty string
+    assert all("<UNK>" not in c["model, greedy"] for c in s["captions"].values())
+    for system, path in s["results_files"].items():
+        results = json.loads((tmp_path / path).read_text())
+        assert len(results) == 20 and {r["caption"] for r in results} <= {c[system] for c in s["captions"].values()}
+    # Every metric for every system, from pycocoevalcap; the floor baseline is beaten by the model.
+    for system in systems:
+        assert set(s["scores"][system]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr"}
+    assert s["scores"]["model, beam 3"]["CIDEr"] > 2 * s["scores"]["most frequent caption"]["CIDEr"]
+    assert all(name in s["table"] for name in systems)
