@@ -16,6 +16,11 @@ Read the numbers with care:
 Baselines: `most_frequent_caption_baseline` (one caption for every image) and `nearest_neighbour_baseline`
 (the caption of the most similar training image, re-ranked by consensus; Devlin et al. 2015) need only
 NumPy: their CIDEr-D is the small pure-Python `CiderD` below, checked against pycocoevalcap in the tests.
+
+Captioners end to end (the second half of this file, used by `minicap demo`, `minicap evaluate` and lesson 06):
+`train_captioner` (best epoch by validation CIDEr-D), `holdout_evaluation` (one train/val/test split: the model
+greedy and with beam search, both baselines, all metrics), `cross_validate` (k folds by image, mean ± sd, paired
+differences and wins against the nearest neighbour), `format_metrics_table`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,28 @@ __all__ = [
     "CiderD",
     "most_frequent_caption_baseline",
     "nearest_neighbour_baseline",
+    "MODEL_GREEDY",
+    "MOST_FREQUENT",
+    "NEAREST_NEIGHBOUR",
+    "TABLE_METRICS",
+    "model_beam",
+    "CaptionerSettings",
+    "generate_captions",
+    "ValidationCider",
+    "TrainedCaptioner",
+    "TrainingData",
+    "prepare_training_data",
+    "train_captioner",
+    "baseline_captions",
+    "model_hypotheses",
+    "score_systems",
+    "HoldoutResult",
+    "holdout_evaluation",
+    "format_metrics_table",
+    "FoldSplit",
+    "fold_splits",
+    "CrossValidation",
+    "cross_validate",
 ]
 
 METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
@@ -545,14 +572,10 @@ class CaptionerSettings:
             raise ValueError(f"beam_size must be >= 2 (greedy decoding is always reported), got {self.beam_size}")
 
     def replace(self, **changes: Any) -> CaptionerSettings:
-        import dataclasses
-
-        return dataclasses.replace(self, **changes)
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        import dataclasses
-
-        return dataclasses.asdict(self)
+        return asdict(self)
 
     def train_config(self) -> Any:
         """The `minicap.train.TrainConfig` of these settings."""
