@@ -325,8 +325,9 @@ def _run_train(args: argparse.Namespace) -> int:
 def _one_blas_thread() -> None:
     """Ask OpenBLAS for one thread unless the user chose: must run before NumPy is first imported.
 
-    The captioner's matrices are small (N=64, H=256); on the shared 2-core machine this was written on, two
-    OpenBLAS threads made a training step 10x slower whenever another process held a core (1.39 s vs 0.12 s).
+    The captioner's matrices are small (N=64, H=256). On the shared 2-core machine this was written on, two
+    OpenBLAS threads made a training step 2-10x SLOWER whenever another process held a core, and 1.6x faster only
+    when the machine was idle (minicap/pipeline.py has the numbers). Set OPENBLAS_NUM_THREADS=2 to choose two.
     """
     import os
 
