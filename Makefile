@@ -41,5 +41,19 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_train_step.py
 	$(BIN)/python benchmarks/bench_extract.py
 
+# The figures the README shows: run every lesson in full (about 25 minutes on 2 cores) and copy its key figures
+# into assets/, named <lesson>__<figure>.png.
+LESSONS := 01_vanishing_gradients 02_lstm_cell_by_hand 03_exploding_gradients_and_clipping 04_adam_vs_sgd \
+           05_caption_language_model 06_captioning_coco
+figures: $(VENV)/.installed
+	mkdir -p assets
+	for lesson in $(LESSONS); do \
+	  $(BIN)/python lessons/$$lesson.py --out lessons/out/$$lesson || exit 1; \
+	  for fig in $$($(BIN)/python -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['figures']))" \
+	                lessons/out/$$lesson/summary.json); do \
+	    cp lessons/out/$$lesson/$$fig assets/$${lesson}__$$(basename $$fig); \
+	  done; \
+	done
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache lessons/out benchmarks/out
