@@ -123,7 +123,7 @@ class CheckResult(NamedTuple):
     def line(self) -> str:
         status = "ok  " if self.passed else "FAIL"
         return (
-            f"{status} {self.function:<24} {self.input:<8} max rel {self.max_rel:8.1e} (≤ {self.max_rel_threshold:.0e})"
+            f"{status} {self.function:<31} {self.input:<7} max rel {self.max_rel:8.1e} (≤ {self.max_rel_threshold:.0e})"
             f"   norm rel {self.norm_rel:8.1e} (≤ {self.norm_rel_threshold:.0e})"
         )
 
@@ -242,9 +242,10 @@ def check_rnn_step(seed: int = 0) -> list[CheckResult]:
     return _check_array_function("rnn_step", fwd, inputs, analytic, dout, STEP_MAX_REL)
 
 
-def check_rnn_sequence(seed: int = 0) -> list[CheckResult]:
+def check_rnn_sequence(seed: int = 0, lengths: tuple[int, ...] | None = None) -> list[CheckResult]:
+    """With `lengths` (longest first), some sequences stop early and carry their state: checks that path too."""
     rng = np.random.default_rng(seed)
-    N, T, D, H = 2, 6, 3, 4
+    N, T, D, H = len(lengths or (6, 6)), 6, 3, 4
     inputs = {
         "x": rng.standard_normal((N, T, D)),
         "h0": rng.standard_normal((N, H)),
@@ -252,12 +253,14 @@ def check_rnn_sequence(seed: int = 0) -> list[CheckResult]:
         "Wh": rng.standard_normal((H, H)) * 0.5,
         "b": rng.standard_normal(H) * 0.5,
     }
-    out, cache = nn.rnn_forward(**inputs)
-    dout = rng.standard_normal(out.shape)
+    lens = None if lengths is None else np.array(lengths)
+    out, cache = nn.rnn_forward(**inputs, lengths=lens)
+    dout = rng.standard_normal(out.shape)  # also after a sequence's end: the carried state reaches the loss
     g = nn.rnn_backward(dout, cache)
     analytic = {"x": g.dx, "h0": g.dh0, "Wx": g.dWx, "Wh": g.dWh, "b": g.db}
-    fwd = lambda **kw: nn.rnn_forward(**kw)[0]  # noqa: E731
-    return _check_array_function("rnn_forward/backward", fwd, inputs, analytic, dout, SEQUENCE_MAX_REL)
+    fwd = lambda **kw: nn.rnn_forward(**kw, lengths=lens)[0]  # noqa: E731
+    name = "rnn_forward/backward" + ("" if lengths is None else " (lengths)")
+    return _check_array_function(name, fwd, inputs, analytic, dout, SEQUENCE_MAX_REL)
 
 
 def check_lstm_step(seed: int = 0) -> list[CheckResult]:
@@ -290,9 +293,10 @@ def check_lstm_step(seed: int = 0) -> list[CheckResult]:
     ]
 
 
-def check_lstm_sequence(seed: int = 0) -> list[CheckResult]:
+def check_lstm_sequence(seed: int = 0, lengths: tuple[int, ...] | None = None) -> list[CheckResult]:
+    """With `lengths` (longest first), some sequences stop early and carry their state: checks that path too."""
     rng = np.random.default_rng(seed)
-    N, T, D, H = 2, 6, 3, 4
+    N, T, D, H = len(lengths or (6, 6)), 6, 3, 4
     inputs = {
         "x": rng.standard_normal((N, T, D)),
         "h0": rng.standard_normal((N, H)),
@@ -301,12 +305,14 @@ def check_lstm_sequence(seed: int = 0) -> list[CheckResult]:
         "b": rng.standard_normal(4 * H) * 0.5,
         "c0": rng.standard_normal((N, H)),
     }
-    out, cache = nn.lstm_forward(**inputs)
-    dout = rng.standard_normal(out.shape)
+    lens = None if lengths is None else np.array(lengths)
+    out, cache = nn.lstm_forward(**inputs, lengths=lens)
+    dout = rng.standard_normal(out.shape)  # also after a sequence's end: the carried state reaches the loss
     g = nn.lstm_backward(dout, cache)
     analytic = {"x": g.dx, "h0": g.dh0, "c0": g.dc0, "Wx": g.dWx, "Wh": g.dWh, "b": g.db}
-    fwd = lambda **kw: nn.lstm_forward(**kw)[0]  # noqa: E731
-    return _check_array_function("lstm_forward/backward", fwd, inputs, analytic, dout, SEQUENCE_MAX_REL)
+    fwd = lambda **kw: nn.lstm_forward(**kw, lengths=lens)[0]  # noqa: E731
+    name = "lstm_forward/backward" + ("" if lengths is None else " (lengths)")
+    return _check_array_function(name, fwd, inputs, analytic, dout, SEQUENCE_MAX_REL)
 
 
 def small_caption_batch(
@@ -351,6 +357,8 @@ def all_checks() -> list[CheckResult]:
         check_lstm_sequence,
     ):
         results += check()
+    results += check_rnn_sequence(lengths=(6, 4, 4, 1, 0))  # variable lengths, longest first
+    results += check_lstm_sequence(lengths=(6, 4, 4, 1, 0))
     results += check_caption_model("lstm")
     results += check_caption_model("rnn")
     return results

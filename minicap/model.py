@@ -215,16 +215,22 @@ class CaptionModel:
             raise ValueError(f"captions must be (N, T+1) with N = {features.shape[0]}, T ≥ 1; got {captions.shape}")
         p = self.params
         N, T = captions.shape[0], captions.shape[1] - 1
+        mask = target_mask(captions[:, 1:])  # (N, T) target positions that count in the loss
+        # Sort the batch longest caption first, so that the recurrence can stop working on a caption once it has
+        # ended (`lengths`). The loss is a sum over captions, so the order changes nothing else.
+        lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)  # last counted step + 1
+        order = np.argsort(-lengths, kind="stable")
+        features, captions, mask, lengths = features[order], captions[order], mask[order], lengths[order]
         words_in, targets = captions[:, :-1], captions[:, 1:]
-        counted = target_mask(targets).reshape(N * T)  # (N·T,) positions that count in the loss
+        counted = mask.reshape(N * T)  # (N·T,)
 
         # Forward: image -> h0; words -> vectors; recurrence; scores; loss.
         h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
         x, embed_cache = nn.word_embedding_forward(words_in, p["W_embed"])
         if self.cell == "lstm":
-            h, rec_cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+            h, rec_cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
         else:
-            h, rec_cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+            h, rec_cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
         # Only the K counted positions go through the vocabulary projection and the softmax. Masked positions would
         # contribute exactly 0 to the loss and its gradient, so scoring them is pure waste — with V = 10,000 these
         # (K, V) arrays are the largest of the step, and a COCO batch padded to T = 16 is about 30% padding.

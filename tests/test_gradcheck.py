@@ -41,8 +41,9 @@ def test_step_level_gradients(check, seed):
 
 @pytest.mark.parametrize("check", SEQUENCE_CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sequence_gradients(check, seed):
-    _assert_all_pass(check(seed), SEQUENCE_MAX_REL)
+@pytest.mark.parametrize("lengths", [None, (6, 4, 4, 1, 0)], ids=["full", "lengths"])
+def test_sequence_gradients(check, seed, lengths):
+    _assert_all_pass(check(seed, lengths=lengths), SEQUENCE_MAX_REL)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
@@ -99,7 +100,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     assert cli_main(["gradcheck"]) == 0
     out = capsys.readouterr().out
     assert "CaptionModel(lstm)" in out and "lstm_forward/backward" in out and "FAIL" not in out
-    assert out.strip().splitlines()[-1].startswith("47/47")
+    assert out.strip().splitlines()[-1].startswith("58/58")
 
     broken = gradcheck.check_affine
 

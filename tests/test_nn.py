@@ -213,7 +213,7 @@ def test_float32_stays_float32(rng, cell):
     forward, backward = (nn.lstm_forward, nn.lstm_backward) if cell == "lstm" else (nn.rnn_forward, nn.rnn_backward)
     h, cache = forward(*inputs)
     assert h.dtype == np.float32
-    assert all(a.dtype == np.float32 for a in cache if isinstance(a, np.ndarray))
+    assert all(a.dtype == np.float32 for a in cache if isinstance(a, np.ndarray) and a.dtype.kind == "f")
     grads = backward(np.ones_like(h), cache)
     assert all(g.dtype == np.float32 for g in grads)
     logits = rng.standard_normal((2, 3, 7)).astype(np.float32)
@@ -318,3 +318,24 @@ def test_softmax_loss_can_write_its_gradient_over_the_logits(rng):
     loss_in_place, grad_in_place = nn.softmax_loss(buffer, targets, weights, out=buffer)
     assert grad_in_place is buffer and loss_in_place == loss
     np.testing.assert_array_equal(grad_in_place, grad)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_lengths_skip_finished_sequences_exactly(rng, cell):
+    """With lengths (longest first), each sequence's outputs up to its length equal running it alone on just
+    those steps, and afterwards its state is carried unchanged."""
+    inputs = _lstm_inputs(rng, N=4, T=6) if cell == "lstm" else _rnn_inputs(rng, N=4, T=6)
+    forward = nn.lstm_forward if cell == "lstm" else nn.rnn_forward
+    x, h0, Wx, Wh, b = inputs
+    lengths = np.array([6, 4, 2, 0])
+    h, cache = forward(x, h0, Wx, Wh, b, lengths=lengths)
+    for n, length in enumerate(lengths):
+        alone, _ = forward(x[n : n + 1, :length], h0[n : n + 1], Wx, Wh, b)
+        np.testing.assert_allclose(h[n, :length], alone[0], rtol=0, atol=1e-12)
+        last = h[n, length - 1] if length else h0[n]  # carried exactly
+        np.testing.assert_array_equal(h[n, length:], np.broadcast_to(last, h[n, length:].shape))
+    np.testing.assert_array_equal(cache.active, [3, 3, 2, 2, 1, 1])
+    with pytest.raises(ValueError, match="longest first"):
+        forward(x, h0, Wx, Wh, b, lengths=np.array([2, 6, 4, 0]))
+    with pytest.raises(ValueError, match="lengths must be"):
+        forward(x, h0, Wx, Wh, b, lengths=np.array([7, 4, 2, 0]))

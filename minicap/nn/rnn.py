@@ -30,6 +30,7 @@ __all__ = [
     "rnn_step_backward",
     "RNNCache",
     "RNNGrads",
+    "active_counts",
     "rnn_forward",
     "rnn_backward",
     "rnn_state_gradients",
@@ -83,6 +84,7 @@ class RNNCache(NamedTuple):
     h: np.ndarray  # (T+1, N, H) hidden states; h[0] = h0, h[t+1] is the output at step t
     Wx: np.ndarray  # (D, H)
     Wh: np.ndarray  # (H, H)
+    active: np.ndarray  # (T,) int: sequences 0 … active[t]−1 are still running at step t (all N without lengths)
 
     @property
     def h_last(self) -> np.ndarray:
@@ -98,12 +100,34 @@ class RNNGrads(NamedTuple):
     db: np.ndarray  # (H,)
 
 
+def active_counts(lengths: np.ndarray | None, N: int, T: int) -> np.ndarray:
+    """(T,) how many of N sequences, sorted longest first, are still running at step t: #{n : lengths[n] > t}.
+
+    Without lengths every sequence runs for all T steps. Used by `rnn_forward` and `lstm_forward`.
+    """
+    if lengths is None:
+        return np.full(T, N, dtype=np.int64)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (N,) or np.any(lengths < 0) or np.any(lengths > T):
+        raise ValueError(f"lengths must be (N,) = ({N},) integers in [0, {T}], got {lengths!r}")
+    if np.any(np.diff(lengths) > 0):
+        raise ValueError("lengths must be sorted longest first (sort the batch by length before the recurrence)")
+    return (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+
+
 def rnn_forward(
-    x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray
+    x: np.ndarray,
+    h0: np.ndarray,
+    Wx: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+    lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, RNNCache]:
     """Run the RNN over a whole sequence.
 
     x: (N, T, D), h0: (N, H), Wx: (D, H), Wh: (H, H), b: (H,)  ->  h: (N, T, H), the hidden state at every step
+    lengths: optional (N,) int, sorted LONGEST FIRST: sequence n has lengths[n] steps, after which its state is
+        carried unchanged (h_t = h_{t−1}) and no work is spent on it.
 
     Speed without hiding the maths: the input term x_t Wx + b of every step is computed before the loop as ONE
     matrix product over all N·T rows (one big GEMM is several times faster than T small ones); only h_{t−1} Wh,
@@ -112,15 +136,18 @@ def rnn_forward(
     """
     N, T, D = x.shape
     H = h0.shape[1]
+    active = active_counts(lengths, N, T)
     xt = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D)
     h = np.empty((T + 1, N, H), dtype=x.dtype)
     h[0] = h0
     np.matmul(xt.reshape(T * N, D), Wx, out=h[1:].reshape(T * N, H))  # x_t Wx for every t at once,
     h[1:] += b  # + b, in place
     for t in range(T):
-        h[t + 1] += h[t] @ Wh  # a_t = (x_t Wx + b) + h_{t−1} Wh
-        np.tanh(h[t + 1], out=h[t + 1])  # h_t = tanh(a_t), in place
-    return h[1:].transpose(1, 0, 2).copy(), RNNCache(xt, h, Wx, Wh)
+        n = active[t]  # rows 0 … n−1 are running
+        h[t + 1, :n] += h[t, :n] @ Wh  # a_t = (x_t Wx + b) + h_{t−1} Wh
+        np.tanh(h[t + 1, :n], out=h[t + 1, :n])  # h_t = tanh(a_t), in place
+        h[t + 1, n:] = h[t, n:]  # finished sequences keep their state
+    return h[1:].transpose(1, 0, 2).copy(), RNNCache(xt, h, Wx, Wh, active)
 
 
 def rnn_backward(dh: np.ndarray, cache: RNNCache) -> RNNGrads:
@@ -136,16 +163,19 @@ def rnn_backward(dh: np.ndarray, cache: RNNCache) -> RNNGrads:
     H = cache.h.shape[2]
     dh_t = dh.transpose(1, 0, 2)  # (T, N, H) time-major view
     da = np.empty((T, N, H), dtype=dh.dtype)
-    dprev_h = np.zeros((N, H), dtype=dh.dtype)  # gradient arriving from step t+1 through h_t
+    dnext_h = np.zeros((N, H), dtype=dh.dtype)  # ∂L/∂h_t: from the layer above and from step t+1
     for t in reversed(range(T)):
-        h_t = cache.h[t + 1]
-        np.multiply(dh_t[t] + dprev_h, 1.0 - h_t * h_t, out=da[t])  # da_t = (dh_t + dh_from_future) ⊙ tanh′
-        dprev_h = da[t] @ cache.Wh.T
+        n = cache.active[t]  # running rows; finished ones only carry their gradient back
+        dnext_h += dh_t[t]
+        h_t = cache.h[t + 1, :n]
+        np.multiply(dnext_h[:n], 1.0 - h_t * h_t, out=da[t, :n])  # da_t = ∂L/∂h_t ⊙ tanh′
+        da[t, n:] = 0.0
+        np.matmul(da[t, :n], cache.Wh.T, out=dnext_h[:n])  # ∂L/∂h_{t−1}
     da2 = da.reshape(T * N, H)
     dx = (da2 @ cache.Wx.T).reshape(T, N, D).transpose(1, 0, 2)
     dWx = cache.x.reshape(T * N, D).T @ da2
     dWh = cache.h[:-1].reshape(T * N, H).T @ da2  # h_{t−1} for t = 0..T−1
-    return RNNGrads(np.ascontiguousarray(dx), dprev_h, dWx, dWh, da2.sum(axis=0))
+    return RNNGrads(np.ascontiguousarray(dx), dnext_h, dWx, dWh, da2.sum(axis=0))
 
 
 def rnn_state_gradients(dh: np.ndarray, cache: RNNCache) -> np.ndarray:
@@ -161,7 +191,9 @@ def rnn_state_gradients(dh: np.ndarray, cache: RNNCache) -> np.ndarray:
     dh_tm = dh.transpose(1, 0, 2)
     states = np.zeros((T + 1, N, cache.h.shape[2]), dtype=dh.dtype)
     for t in reversed(range(T)):
+        n = cache.active[t]
         states[t + 1] += dh_tm[t]  # total gradient at h_{t+1}: from above and from the future
-        da = states[t + 1] * (1.0 - cache.h[t + 1] ** 2)
-        states[t] = da @ cache.Wh.T
+        da = states[t + 1, :n] * (1.0 - cache.h[t + 1, :n] ** 2)
+        states[t, :n] = da @ cache.Wh.T
+        states[t, n:] = states[t + 1, n:]  # finished sequences carry their gradient back unchanged
     return states
