@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minicap.nn.layers import sigmoid
-from minicap.nn.rnn import active_counts
+from minicap.nn.rnn import active_counts, gradients_after_bptt
 
 __all__ = [
     "LSTMStepCache",
@@ -250,11 +250,8 @@ def lstm_backward(
         dc *= f  # ∂L/∂c_{t−1} along the cell path
         np.matmul(da, cache.Wh.T, out=dh_t)  # ∂L/∂h_{t−1} through the recurrent weights
 
-    da2 = dgates.reshape(T * N, 4 * H)
-    dx = (da2 @ cache.Wx.T).reshape(T, N, D).transpose(1, 0, 2)
-    dWx = cache.x.reshape(T * N, D).T @ da2
-    dWh = cache.h[:-1].reshape(T * N, H).T @ da2  # Σ_t h_{t−1}ᵀ da_t
-    return LSTMGrads(np.ascontiguousarray(dx), dnext_h, dnext_c, dWx, dWh, da2.sum(axis=0))
+    dx, dWx, dWh, db = gradients_after_bptt(dgates, cache.x, cache.h[:-1], cache.Wx, cache.active)
+    return LSTMGrads(dx, dnext_h, dnext_c, dWx, dWh, db)
 
 
 def lstm_state_gradients(dh: np.ndarray, cache: LSTMCache) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ __all__ = [
     "RNNCache",
     "RNNGrads",
     "active_counts",
+    "gradients_after_bptt",
     "rnn_forward",
     "rnn_backward",
     "rnn_state_gradients",
@@ -171,11 +172,37 @@ def rnn_backward(dh: np.ndarray, cache: RNNCache) -> RNNGrads:
         np.multiply(dnext_h[:n], 1.0 - h_t * h_t, out=da[t, :n])  # da_t = ∂L/∂h_t ⊙ tanh′
         da[t, n:] = 0.0
         np.matmul(da[t, :n], cache.Wh.T, out=dnext_h[:n])  # ∂L/∂h_{t−1}
-    da2 = da.reshape(T * N, H)
-    dx = (da2 @ cache.Wx.T).reshape(T, N, D).transpose(1, 0, 2)
-    dWx = cache.x.reshape(T * N, D).T @ da2
-    dWh = cache.h[:-1].reshape(T * N, H).T @ da2  # h_{t−1} for t = 0..T−1
-    return RNNGrads(np.ascontiguousarray(dx), dnext_h, dWx, dWh, da2.sum(axis=0))
+    dx, dWx, dWh, db = gradients_after_bptt(da, cache.x, cache.h[:-1], cache.Wx, cache.active)
+    return RNNGrads(dx, dnext_h, dWx, dWh, db)
+
+
+def gradients_after_bptt(
+    da: np.ndarray, x: np.ndarray, h_prev: np.ndarray, Wx: np.ndarray, active: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The gradients BPTT leaves for after its loop, each ONE matrix product over all steps at once:
+
+        dx_t = da_t Wxᵀ,    dWx = Σ_t x_tᵀ da_t,    dWh = Σ_t h_{t−1}ᵀ da_t,    db = Σ_t Σ_n da_t
+
+    da: (T, N, G) pre-activation gradients (G = H for the RNN, 4H for the LSTM), x: (T, N, D), h_prev: (T, N, H)
+    the states each step read, all time-major; active: (T,) running rows per step (see `active_counts`).
+    Returns dx (N, T, D), dWx (D, G), dWh (H, G), db (G,).
+
+    Rows of finished sequences have da = 0; when there are many (a padded caption batch), only the rows that ran
+    are gathered and multiplied: a third less arithmetic for COCO-like lengths, for the price of one copy.
+    """
+    T, N, D = x.shape
+    G = da.shape[2]
+    da2, x2, h2 = da.reshape(T * N, G), x.reshape(T * N, D), h_prev.reshape(T * N, -1)
+    if active.sum() < 0.9 * T * N:
+        ran = (np.arange(N)[None, :] < active[:, None]).reshape(T * N)  # (T·N,) rows that ran, time-major
+        da_ran = da2[ran]
+        dx2 = np.zeros((T * N, D), dtype=da.dtype)
+        dx2[ran] = da_ran @ Wx.T
+        dWx, dWh, db = x2[ran].T @ da_ran, h2[ran].T @ da_ran, da_ran.sum(axis=0)
+    else:
+        dx2 = da2 @ Wx.T
+        dWx, dWh, db = x2.T @ da2, h2.T @ da2, da2.sum(axis=0)
+    return np.ascontiguousarray(dx2.reshape(T, N, D).transpose(1, 0, 2)), dWx, dWh, db
 
 
 def rnn_state_gradients(dh: np.ndarray, cache: RNNCache) -> np.ndarray:
