@@ -523,7 +523,7 @@ def download_coco(
     futures: list[Future[ImageOutcome]] = []
     n_failed = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(selected), unit="img", desc="download", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(selected), unit="img", desc="download", disable=None if progress else True, dynamic_ncols=True)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coco-dl") as pool:
             futures = [pool.submit(_download_one, r, urls[r.image_id], images_dir, settings, cancel) for r in selected]

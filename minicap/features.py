@@ -653,7 +653,7 @@ def extract_features(
         pending_features.clear()
         pending_spatial.clear()
 
-    with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress or not todo) as bar:
+    with tqdm(total=len(todo), unit="img", desc="extract", disable=None if progress and todo else True) as bar:
         for batch in decode_batches(todo, encoder.spec, batch_size, workers, pool):
             failures.extend(batch.failures)
             if len(batch.ids):

@@ -568,7 +568,7 @@ class Trainer:
             desc=f"epoch {st.epoch + 1}/{cfg.epochs}",
             unit="batch",
             leave=False,
-            disable=not self.progress,
+            disable=None if self.progress else True,  # None: no bar when output is not a terminal (logs, CI)
             dynamic_ncols=True,
         )
         clock = time.perf_counter()
