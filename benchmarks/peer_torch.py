@@ -18,9 +18,11 @@ Both sides get exactly the same everything except the framework that does the ar
   minicap's greedy / beam search; CIDEr (and BLEU-4, ROUGE-L) by pycocoevalcap on each fold's test images
   (pure-Python CIDEr-D if Java is missing).
 
-Threads: torch gets `--threads` (default 2); minicap's NumPy gets `--blas-threads` (default 1, what the
-`minicap` command line uses: see minicap/pipeline.py). Training wall time = the whole `fit` of each fold,
-validation included (the same validation code on both sides), and separately the update steps alone.
+Threads: torch gets `--threads` (default 2) and so does minicap's NumPy (OpenBLAS), unless `--blas-threads`
+says otherwise: the same cores for both is the fair race. (`--blas-threads 1` is what the `minicap` command line
+uses by default, because one thread is the robust choice on a shared machine: see minicap/pipeline.py.)
+Training wall time = the whole `fit` of each fold, validation included (the same validation code on both sides),
+and separately the update steps alone.
 The machine may be shared: run-to-run noise is large, so both frameworks are timed fold by fold in the same run.
 Without torch installed the script prints a skip message (and a JSON line saying so) and exits 0.
 The last line is one JSON object with all figures.
@@ -46,8 +48,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="seed of the folds")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--blas-threads", type=int, default=1, help="OpenBLAS threads for minicap's NumPy")
-    return p.parse_args()
+    p.add_argument("--blas-threads", type=int, default=None, help="OpenBLAS threads for minicap (default: --threads)")
+    args = p.parse_args()
+    if args.blas_threads is None:
+        args.blas_threads = args.threads
+    return args
 
 
 ARGS = parse_args()
