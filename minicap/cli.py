@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: each command imports what it needs when it runs, so `minicap --help` is fast
+    from minicap.data import CocoCaptions
+    from minicap.features import FeatureStore
 
 # ----------------------------------------------------------------------------------------------- gradcheck
 
@@ -475,7 +480,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_data(args: argparse.Namespace):
+def _evaluation_data(args: argparse.Namespace) -> tuple[CocoCaptions, FeatureStore]:
     """(CocoCaptions restricted to images with features, FeatureStore) from --coco or --features/--captions."""
     from minicap.data import load_coco_captions
     from minicap.features import FeatureStore

@@ -533,7 +533,9 @@ def decode_batches(
 # ----------------------------------------------------------------------------------------------- extraction
 
 
-def _normalise_items(images: Mapping[int, str | os.PathLike] | Iterable[tuple[int, str | os.PathLike]]):
+def _normalise_items(
+    images: Mapping[int, str | os.PathLike] | Iterable[tuple[int, str | os.PathLike]],
+) -> list[tuple[int, Path]]:
     pairs = images.items() if isinstance(images, Mapping) else images
     items: list[tuple[int, Path]] = []
     seen: set[int] = set()

@@ -252,7 +252,15 @@ class BigramModel:
         )
 
     @staticmethod
-    def _formula(smoothing: str, weight, pair, context, followers, p_uni, p_cont) -> np.ndarray:
+    def _formula(
+        smoothing: str,
+        weight: float | np.ndarray,
+        pair: np.ndarray,
+        context: np.ndarray,
+        followers: np.ndarray,
+        p_uni: np.ndarray,
+        p_cont: np.ndarray,
+    ) -> np.ndarray:
         """P(w | v) from the statistics; `weight` may be an array (K, 1) to evaluate many weights at once."""
         seen = context > 0
         safe = np.where(seen, context, 1.0)
@@ -416,7 +424,14 @@ class LSTMLanguageModel:
 
     # ------------------------------------------------------------------------------------------- forward
 
-    def _check_inputs(self, words_in, targets, mask, h0, c0):
+    def _check_inputs(
+        self,
+        words_in: np.ndarray,
+        targets: np.ndarray,
+        mask: np.ndarray | None,
+        h0: np.ndarray | None,
+        c0: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         words_in, targets = np.asarray(words_in), np.asarray(targets)
         if words_in.ndim != 2 or words_in.shape != targets.shape or words_in.shape[1] < 1:
             raise ValueError(f"words_in and targets must both be (N, T ≥ 1), got {words_in.shape} and {targets.shape}")
@@ -438,7 +453,9 @@ class LSTMLanguageModel:
             state.append(given.astype(self.dtype, copy=False))
         return words_in, targets, mask, state[0], state[1]
 
-    def _forward(self, words_in, h0, c0):
+    def _forward(
+        self, words_in: np.ndarray, h0: np.ndarray, c0: np.ndarray
+    ) -> tuple[np.ndarray, nn.EmbeddingCache, nn.LSTMCache]:
         """embedding -> LSTM: h (N, T, H) and the caches."""
         p = self.params
         x, embed_cache = nn.word_embedding_forward(words_in, p["W_embed"])

@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ StateDict = dict[str, "np.ndarray | float | int"]
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _names(keys) -> str:
+def _names(keys: Iterable[str]) -> str:
     return ", ".join(repr(k) for k in sorted(keys))
 
 
@@ -105,7 +106,7 @@ def _init_or_check_buffers(name: str, store: dict[str, np.ndarray], params: Mapp
             )
 
 
-def _scalar(value, key: str) -> float | int | bool:
+def _scalar(value: Any, key: str) -> float | int | bool:
     """A Python number from a float/int or a 0-d array (what `np.load` gives back for scalars)."""
     arr = np.asarray(value)
     if arr.shape != () or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):

@@ -87,7 +87,7 @@ class TrainingHistory:
     def to_dict(self) -> dict:
         """JSON-able (non-finite numbers become None so the file stays strict JSON)."""
 
-        def clean(values):
+        def clean(values: list[float]) -> list[float | None]:
             return [v if isinstance(v, bool) or math.isfinite(v) else None for v in values]
 
         return {
