@@ -33,7 +33,7 @@ import scipy.sparse
 
 from minicap import nn
 from minicap.decode import sample_from_state
-from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel, target_mask
+from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel, load_params, target_mask
 
 __all__ = [
     "UNK_ID",
@@ -392,15 +392,7 @@ class LSTMLanguageModel:
     def from_config(cls, config: dict[str, Any], params: dict[str, np.ndarray]) -> LSTMLanguageModel:
         """Rebuild a model from `config` and a parameter dict, checking every name and shape."""
         model = cls(**config)
-        if set(params) != set(model.params):
-            raise ValueError(
-                f"parameters do not fit the model: missing {sorted(set(model.params) - set(params))}, "
-                f"unexpected {sorted(set(params) - set(model.params))}"
-            )
-        for name, value in params.items():
-            if value.shape != model.params[name].shape:
-                raise ValueError(f"parameter {name}: shape {value.shape}, model expects {model.params[name].shape}")
-            model.params[name] = np.array(value, dtype=model.dtype)
+        load_params(model.params, params, model.dtype)
         return model
 
     def num_params(self) -> int:

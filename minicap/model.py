@@ -25,7 +25,7 @@ import numpy as np
 
 from minicap import nn
 
-__all__ = ["CaptionModel", "RecurrentState", "target_mask"]
+__all__ = ["CaptionModel", "RecurrentState", "target_mask", "load_params"]
 
 NULL_ID, START_ID, END_ID = 0, 1, 2  # the Vocabulary's fixed special ids (minicap.data): <NULL> is padding
 
@@ -40,6 +40,23 @@ def target_mask(targets: np.ndarray) -> np.ndarray:
     is_end = targets == END_ID
     ended_before = (np.cumsum(is_end, axis=1) - is_end) > 0  # an <END> occurred strictly earlier in the row
     return (targets != NULL_ID) & ~ended_before
+
+
+def load_params(into: dict[str, np.ndarray], params: dict[str, np.ndarray], dtype: np.dtype) -> None:
+    """Copy `params` (e.g. from a checkpoint) into a freshly built model's parameter dict `into`, as `dtype`.
+
+    Every name must be there and nothing else, and every shape must match: a clear error names what does not fit,
+    before anything is copied.
+    """
+    missing = sorted(set(into) - set(params))
+    unexpected = sorted(set(params) - set(into))
+    if missing or unexpected:
+        raise ValueError(f"parameters do not fit the model: missing {missing}, unexpected {unexpected}")
+    for name, value in params.items():
+        if value.shape != into[name].shape:
+            raise ValueError(f"parameter {name}: shape {value.shape}, model expects {into[name].shape}")
+    for name, value in params.items():
+        into[name] = np.array(value, dtype=dtype)
 
 
 class RecurrentState(NamedTuple):
@@ -154,14 +171,7 @@ class CaptionModel:
     ) -> CaptionModel:
         """Rebuild a model from `config` and a parameter dict (e.g. from a checkpoint), checking every shape."""
         model = cls(**config)
-        missing = sorted(set(model.params) - set(params))
-        unexpected = sorted(set(params) - set(model.params))
-        if missing or unexpected:
-            raise ValueError(f"parameters do not fit the model: missing {missing}, unexpected {unexpected}")
-        for name, value in params.items():
-            if value.shape != model.params[name].shape:
-                raise ValueError(f"parameter {name}: shape {value.shape}, model expects {model.params[name].shape}")
-            model.params[name] = np.array(value, dtype=model.dtype)
+        load_params(model.params, params, model.dtype)
         if feature_mean is not None and feature_std is not None:
             model.set_feature_standardisation(feature_mean, feature_std)
         return model

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from minicap import nn
+from minicap.model import load_params
 
 __all__ = [
     "adding_problem",
@@ -193,14 +194,7 @@ class SequenceRegressor:
     def from_config(cls, config: dict[str, Any], params: dict[str, np.ndarray]) -> SequenceRegressor:
         """Rebuild a model from `config` and a parameter dict, checking every name and shape."""
         model = cls(**config)
-        missing = sorted(set(model.params) - set(params))
-        unexpected = sorted(set(params) - set(model.params))
-        if missing or unexpected:
-            raise ValueError(f"parameters do not fit the model: missing {missing}, unexpected {unexpected}")
-        for name, value in params.items():
-            if value.shape != model.params[name].shape:
-                raise ValueError(f"parameter {name}: shape {value.shape}, model expects {model.params[name].shape}")
-            model.params[name] = np.array(value, dtype=model.dtype)
+        load_params(model.params, params, model.dtype)
         return model
 
     def astype(self, dtype: Any) -> SequenceRegressor:
