@@ -33,7 +33,7 @@ import scipy.sparse
 
 from minicap import nn
 from minicap.decode import sample_from_state
-from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel, load_params, target_mask
+from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel, counted_words_loss, load_params, target_mask
 
 __all__ = [
     "UNK_ID",
@@ -484,18 +484,14 @@ class LSTMLanguageModel:
         K = int(counted.sum())
 
         h, embed_cache, lstm_cache = self._forward(words_in, h0, c0)
-        # Only counted positions are scored (as in CaptionModel): the (K, V) scores are the largest arrays.
-        h_counted = h.reshape(N * T, -1)[counted]  # (K, H)
-        scores, vocab_cache = nn.affine_forward(h_counted, p["W_vocab"], p["b_vocab"])  # (K, V)
-        weights = np.full(K, 1.0 / max(K, 1), dtype=self.dtype)  # mean over the counted targets
-        loss, dscores = nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights)
+        # Only counted positions are scored, as in CaptionModel; weight 1/K: the mean over the counted targets.
+        loss, vocab_grads = counted_words_loss(h, targets, counted, p["W_vocab"], p["b_vocab"], 1.0 / max(K, 1))
+        assert vocab_grads is not None
 
         grads: dict[str, np.ndarray] = {}
-        dh_counted, grads["W_vocab"], grads["b_vocab"] = nn.affine_backward(dscores, vocab_cache)
-        dh = np.zeros((N * T, self.hidden_size), dtype=self.dtype)
-        dh[counted] = dh_counted
+        dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
         # dh0, dc0 would flow into the previous chunk: truncated BPTT drops them here.
-        dx, _dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = nn.lstm_backward(dh.reshape(N, T, -1), lstm_cache)
+        dx, _dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = nn.lstm_backward(dh, lstm_cache)
         grads["W_embed"] = nn.word_embedding_backward(dx, embed_cache)
         return loss, grads, LMState(lstm_cache.h_last.copy(), lstm_cache.c_last.copy())
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from minicap import nn
 
-__all__ = ["CaptionModel", "RecurrentState", "target_mask", "load_params"]
+__all__ = ["CaptionModel", "RecurrentState", "target_mask", "load_params", "counted_words_loss"]
 
 NULL_ID, START_ID, END_ID = 0, 1, 2  # the Vocabulary's fixed special ids (minicap.data): <NULL> is padding
 
@@ -57,6 +57,40 @@ def load_params(into: dict[str, np.ndarray], params: dict[str, np.ndarray], dtyp
             raise ValueError(f"parameter {name}: shape {value.shape}, model expects {into[name].shape}")
     for name, value in params.items():
         into[name] = np.array(value, dtype=dtype)
+
+
+def counted_words_loss(
+    h: np.ndarray,
+    targets: np.ndarray,
+    counted: np.ndarray,
+    W_vocab: np.ndarray,
+    b_vocab: np.ndarray,
+    weight: float,
+    backward: bool = True,
+) -> tuple[np.floating, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """Cross-entropy of the words predicted at the counted positions, each with the same `weight`, and its
+    backward through the vocabulary projection: scores = h W_vocab + b_vocab, then `nn.softmax_loss`.
+
+    h: (N, T, H) hidden states; targets: (N, T) int; counted: (N·T,) bool, the positions that count;
+    W_vocab: (H, V), b_vocab: (V,); weight: 1/N for a loss per caption, 1/K for a loss per counted token.
+    Returns (loss, (dh (N, T, H), dW_vocab (H, V), db_vocab (V,))), or (loss, None) when backward is False.
+
+    Only the K counted positions go through the vocabulary projection and the softmax. Masked positions would
+    contribute exactly 0 to the loss and its gradient, so scoring them is pure waste — with V = 10,000 these
+    (K, V) arrays are the largest of a training step, and a COCO batch padded to T = 16 is about 30% padding.
+    """
+    N, T, H = h.shape
+    h_counted = h.reshape(N * T, H)[counted]  # (K, H)
+    scores, vocab_cache = nn.affine_forward(h_counted, W_vocab, b_vocab)  # (K, V)
+    weights = np.full(scores.shape[0], weight, dtype=h.dtype)
+    # (the gradient overwrites the scores, which nothing needs any more: no second (K, V) array)
+    loss, dscores = nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights, out=scores)
+    if not backward:
+        return loss, None
+    dh_counted, dW_vocab, db_vocab = nn.affine_backward(dscores, vocab_cache)
+    dh = np.zeros((N * T, H), dtype=h.dtype)
+    dh[counted] = dh_counted  # positions that do not count get exactly 0
+    return loss, (dh.reshape(N, T, H), dW_vocab, db_vocab)
 
 
 class RecurrentState(NamedTuple):
@@ -241,23 +275,14 @@ class CaptionModel:
             h, rec_cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
         else:
             h, rec_cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
-        # Only the K counted positions go through the vocabulary projection and the softmax. Masked positions would
-        # contribute exactly 0 to the loss and its gradient, so scoring them is pure waste — with V = 10,000 these
-        # (K, V) arrays are the largest of the step, and a COCO batch padded to T = 16 is about 30% padding.
-        h_counted = h.reshape(N * T, -1)[counted]  # (K, H)
-        scores, vocab_cache = nn.affine_forward(h_counted, p["W_vocab"], p["b_vocab"])  # (K, V)
-        weights = np.full(scores.shape[0], 1.0 / N, dtype=self.dtype)  # loss = Σ cross-entropy / N
-        if not backward:
-            return nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights, out=scores)[0], {}
-        # (the gradient overwrites the scores, which nothing needs any more: no second (K, V) array)
-        loss, dscores = nn.softmax_loss(scores, targets.reshape(N * T)[counted], weights, out=scores)
+        # loss = Σ cross-entropy / N; its backward through the vocabulary projection comes with it.
+        loss, vocab_grads = counted_words_loss(h, targets, counted, p["W_vocab"], p["b_vocab"], 1.0 / N, backward)
+        if vocab_grads is None:
+            return loss, {}
 
         # Backward: the same path in reverse.
         grads: dict[str, np.ndarray] = {}
-        dh_counted, grads["W_vocab"], grads["b_vocab"] = nn.affine_backward(dscores, vocab_cache)
-        dh = np.zeros((N * T, self.hidden_size), dtype=self.dtype)
-        dh[counted] = dh_counted  # masked positions get exactly 0
-        dh = dh.reshape(N, T, self.hidden_size)
+        dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
         if self.cell == "lstm":
             dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = nn.lstm_backward(dh, rec_cache)
         else:

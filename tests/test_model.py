@@ -151,3 +151,30 @@ def test_forward_only_loss_equals_the_training_loss():
     loss, grads = model.loss(features, captions)
     loss_only, no_grads = model.loss(features, captions, backward=False)
     assert loss_only == loss and no_grads == {} and grads
+
+
+def test_counted_words_loss_gradients_in_float64():
+    """The shared vocabulary-projection loss of CaptionModel and the language model, checked on its own."""
+    from minicap.gradcheck import NORM_REL, REFERENCE_DTYPE, norm_rel_error, numerical_gradient, rel_error
+    from minicap.model import counted_words_loss
+
+    rng = np.random.default_rng(3)
+    N, T, H, V = 3, 4, 5, 7
+    inputs = {"h": rng.standard_normal((N, T, H)), "W": rng.standard_normal((H, V)), "b": rng.standard_normal(V)}
+    targets = rng.integers(0, V, size=(N, T))
+    counted = rng.random(N * T) > 0.3
+    counted[T : 2 * T] = False  # the second caption counts nowhere
+    loss, (dh, dW, db) = counted_words_loss(inputs["h"], targets, counted, inputs["W"], inputs["b"], 1.0 / N)
+
+    ref = {k: v.astype(REFERENCE_DTYPE) for k, v in inputs.items()}
+    f = lambda: counted_words_loss(ref["h"], targets, counted, ref["W"], ref["b"], 1.0 / N, backward=False)[0]  # noqa: E731
+    for name, analytic in (("h", dh), ("W", dW), ("b", db)):
+        numeric = numerical_gradient(f, ref[name])
+        assert rel_error(analytic, numeric) <= 1e-7, name
+        assert norm_rel_error(analytic, numeric) <= NORM_REL, name
+    assert np.all(dh.reshape(N * T, H)[~counted] == 0.0)  # positions that do not count: exactly 0
+
+    # The same loss as the masked softmax over every position (scaled: temporal_softmax_loss divides by N too).
+    scores = inputs["h"] @ inputs["W"] + inputs["b"]
+    expected, _ = nn.temporal_softmax_loss(scores, targets, counted.reshape(N, T))
+    assert loss == pytest.approx(expected, rel=1e-12)
