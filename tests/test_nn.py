@@ -1,4 +1,9 @@
-"""Properties of the layers beyond their gradients: consistency, stability, masking, dtypes, truncated BPTT."""
+"""Properties of the layers beyond their gradients: consistency, stability, masking, dtypes, truncated BPTT.
+
+The plain sequence functions (`nn.lstm_forward`, `nn.rnn_backward`, ...) are the readable reference: loops over
+the step functions. Tests that hold for any implementation run on both paths (`PATHS`: the reference `minicap.nn`
+and the optimised `minicap.nn.fast`); their equality, output by output, is proven in test_fast_path.py.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import numpy as np
 import pytest
 
 from minicap import gradcheck, nn
+
+# The two implementations of the sequence functions: the same signatures, the same numbers.
+PATHS = {"reference": nn, "fast": nn.fast}
 
 
 def _lstm_inputs(rng, N=3, T=7, D=4, H=5, dtype=np.float64):
@@ -86,14 +94,21 @@ def test_word_embedding_rejects_out_of_range_ids():
 
 
 def test_lstm_forward_equals_a_loop_of_steps(rng):
+    """The reference sequence function IS a loop over `lstm_step_forward`: bit for bit, step cache by step cache."""
     x, h0, Wx, Wh, b = _lstm_inputs(rng)
     c0 = rng.standard_normal(h0.shape)
     h_seq, cache = nn.lstm_forward(x, h0, Wx, Wh, b, c0=c0)
+    assert len(cache.steps) == x.shape[1] and cache.running.all()
     h, c = h0, c0
     for t in range(x.shape[1]):
-        h, c, _ = nn.lstm_step_forward(x[:, t], h, c, Wx, Wh, b)
+        h, c, step = nn.lstm_step_forward(x[:, t], h, c, Wx, Wh, b)
         np.testing.assert_allclose(h_seq[:, t], h, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(h_seq[:, t], h)  # literally the loop: not merely close
+        for field in step._fields:
+            np.testing.assert_array_equal(getattr(cache.steps[t], field), getattr(step, field), err_msg=field)
     np.testing.assert_allclose(cache.c_last, c, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(cache.h_last, h)
+    np.testing.assert_array_equal(cache.c_last, c)
 
 
 def test_lstm_backward_equals_a_loop_of_step_backwards(rng):
@@ -115,6 +130,7 @@ def test_lstm_backward_equals_a_loop_of_step_backwards(rng):
         dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
     for got, want in [(g.dx, dx), (g.dh0, dnext_h), (g.dc0, dnext_c), (g.dWx, dWx), (g.dWh, dWh), (g.db, db)]:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(got, want)  # the reference backward is literally this loop
 
 
 def test_rnn_forward_and_backward_equal_loops_of_steps(rng):
@@ -123,26 +139,35 @@ def test_rnn_forward_and_backward_equal_loops_of_steps(rng):
     h_seq, cache = nn.rnn_forward(x, h0, Wx, Wh, b)
     dh = rng.standard_normal(h_seq.shape)
     g = nn.rnn_backward(dh, cache)
+    assert len(cache.steps) == T and cache.running.all()
 
     steps, h = [], h0
     for t in range(T):
         h, step_cache = nn.rnn_step_forward(x[:, t], h, Wx, Wh, b)
         np.testing.assert_allclose(h_seq[:, t], h, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(h_seq[:, t], h)  # literally the loop
+        for field in step_cache._fields:
+            np.testing.assert_array_equal(getattr(cache.steps[t], field), getattr(step_cache, field), err_msg=field)
         steps.append(step_cache)
+    np.testing.assert_array_equal(cache.h_last, h)
     dnext_h = np.zeros_like(h0)
     dWx, dWh, db = np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)
     for t in reversed(range(T)):
         dx_t, dnext_h, dWx_t, dWh_t, db_t = nn.rnn_step_backward(dnext_h + dh[:, t], steps[t])
         np.testing.assert_allclose(g.dx[:, t], dx_t, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(g.dx[:, t], dx_t)
         dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
     for got, want in [(g.dh0, dnext_h), (g.dWx, dWx), (g.dWh, dWh), (g.db, db)]:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-def test_a_batch_equals_its_examples_one_at_a_time(rng, cell):
+def test_a_batch_equals_its_examples_one_at_a_time(rng, cell, path):
+    seq = PATHS[path]
     inputs = _lstm_inputs(rng) if cell == "lstm" else _rnn_inputs(rng)
-    forward, backward = (nn.lstm_forward, nn.lstm_backward) if cell == "lstm" else (nn.rnn_forward, nn.rnn_backward)
+    forward, backward = (seq.lstm_forward, seq.lstm_backward) if cell == "lstm" else (seq.rnn_forward, seq.rnn_backward)
     x, h0, Wx, Wh, b = inputs
     h, cache = forward(x, h0, Wx, Wh, b)
     dh = rng.standard_normal(h.shape)
@@ -171,9 +196,12 @@ def test_lstm_torch_order_conversion_is_a_permutation(rng):
     np.testing.assert_allclose(b[3 * H :], b_ih[2 * H : 3 * H] + b_hh[2 * H : 3 * H])
 
 
-def test_lstm_matches_pytorch():
-    """An independent implementation (PyTorch's nn.LSTM, float64) gives the same outputs and gradients."""
+@pytest.mark.parametrize("path", PATHS)
+def test_lstm_matches_pytorch(path):
+    """An independent implementation (PyTorch's nn.LSTM, float64) gives the same outputs and gradients, on the
+    readable path and on the fast one."""
     torch = pytest.importorskip("torch")
+    seq = PATHS[path]
     rng = np.random.default_rng(5)
     N, T, D, H = 3, 6, 4, 5
     lstm = torch.nn.LSTM(D, H, batch_first=True).double()
@@ -189,8 +217,8 @@ def test_lstm_matches_pytorch():
 
     p = {k: v.detach().numpy() for k, v in lstm.named_parameters()}
     Wx, Wh, b = nn.lstm_weights_from_torch_order(p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
-    h, cache = nn.lstm_forward(x, h0, Wx, Wh, b, c0=c0)
-    g = nn.lstm_backward(dh, cache)
+    h, cache = seq.lstm_forward(x, h0, Wx, Wh, b, c0=c0)
+    g = seq.lstm_backward(dh, cache)
     np.testing.assert_allclose(h, out.detach().numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(g.dh0, h0t.grad.numpy()[0], rtol=0, atol=1e-12)
@@ -204,16 +232,58 @@ def test_lstm_matches_pytorch():
     np.testing.assert_allclose(g.db, db, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_rnn_matches_pytorch(path):
+    """PyTorch's nn.RNN (tanh, float64) gives the same outputs and gradients as both paths."""
+    torch = pytest.importorskip("torch")
+    seq = PATHS[path]
+    rng = np.random.default_rng(6)
+    N, T, D, H = 3, 6, 4, 5
+    rnn = torch.nn.RNN(D, H, nonlinearity="tanh", batch_first=True).double()
+    x, h0, dh = rng.standard_normal((N, T, D)), rng.standard_normal((N, H)), rng.standard_normal((N, T, H))
+    xt = torch.tensor(x, requires_grad=True)
+    h0t = torch.tensor(h0[None], requires_grad=True)
+    out, _ = rnn(xt, h0t)
+    out.backward(torch.tensor(dh))
+
+    p = {k: v.detach().numpy() for k, v in rnn.named_parameters()}
+    Wx, Wh, b = p["weight_ih_l0"].T.copy(), p["weight_hh_l0"].T.copy(), p["bias_ih_l0"] + p["bias_hh_l0"]
+    h, cache = seq.rnn_forward(x, h0, Wx, Wh, b)
+    g = seq.rnn_backward(dh, cache)
+    grads = {k: v.grad.numpy() for k, v in rnn.named_parameters()}
+    np.testing.assert_allclose(h, out.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dh0, h0t.grad.numpy()[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dWx, grads["weight_ih_l0"].T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.dWh, grads["weight_hh_l0"].T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.db, grads["bias_ih_l0"], rtol=0, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------- dtype and speed rules
 
 
+def _float_arrays(obj):
+    """Every floating-point array inside a cache: NamedTuple fields, lists of step caches, arrays themselves."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "f":
+            yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _float_arrays(item)
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-def test_float32_stays_float32(rng, cell):
+def test_float32_stays_float32(rng, cell, path):
+    seq = PATHS[path]
     inputs = _lstm_inputs(rng, dtype=np.float32) if cell == "lstm" else _rnn_inputs(rng, dtype=np.float32)
-    forward, backward = (nn.lstm_forward, nn.lstm_backward) if cell == "lstm" else (nn.rnn_forward, nn.rnn_backward)
-    h, cache = forward(*inputs)
+    forward, backward = (seq.lstm_forward, seq.lstm_backward) if cell == "lstm" else (seq.rnn_forward, seq.rnn_backward)
+    h, cache = forward(*inputs, lengths=np.array([7, 5, 0]))
     assert h.dtype == np.float32
-    assert all(a.dtype == np.float32 for a in cache if isinstance(a, np.ndarray) and a.dtype.kind == "f")
+    arrays = list(_float_arrays(cache))
+    assert len(arrays) >= 4  # the step caches of the reference are looked into, not skipped
+    assert all(a.dtype == np.float32 for a in arrays)
+    assert cache.h_last.dtype == np.float32
     grads = backward(np.ones_like(h), cache)
     assert all(g.dtype == np.float32 for g in grads)
     logits = rng.standard_normal((2, 3, 7)).astype(np.float32)
@@ -272,12 +342,14 @@ def test_truncated_bptt_rejects_bad_chunk(rng):
         nn.lstm_forward_truncated(x, h0, None, Wx, Wh, b, chunk_size=0)
 
 
-def test_no_warnings_in_normal_use(rng):
+@pytest.mark.parametrize("path", PATHS)
+def test_no_warnings_in_normal_use(rng, path):
+    seq = PATHS[path]
     x, h0, Wx, Wh, b = _lstm_inputs(rng, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        h, cache = nn.lstm_forward(x * 100, h0, Wx * 100, Wh, b)  # saturated gates
-        nn.lstm_backward(np.ones_like(h), cache)
+        h, cache = seq.lstm_forward(x * 100, h0, Wx * 100, Wh, b)  # saturated gates
+        seq.lstm_backward(np.ones_like(h), cache)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
@@ -300,9 +372,9 @@ def test_state_gradients_agree_with_bptt_and_numerics(rng, cell):
     np.testing.assert_allclose(dh_states[0], grads.dh0, atol=1e-12)
     np.testing.assert_allclose(dh_states[-1], dh[:, -1], atol=0)
 
-    t = 3  # restart from h_t (and c_t) as an input and differentiate numerically
-    h_t = cache.h[t].copy()
-    extra = {"c0": cache.c[t].copy()} if cell == "lstm" else {}
+    t = 3  # restart from h_t (and c_t), the state step t starts from, as an input and differentiate numerically
+    h_t = cache.steps[t].prev_h.copy()
+    extra = {"c0": cache.steps[t].prev_c.copy()} if cell == "lstm" else {}
     numeric = gradcheck.numerical_gradient(
         lambda: np.sum(forward(x[:, t:], h_t, Wx, Wh, b, **extra)[0] * dh[:, t:]), h_t
     )
@@ -320,22 +392,43 @@ def test_softmax_loss_can_write_its_gradient_over_the_logits(rng):
     np.testing.assert_array_equal(grad_in_place, grad)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
-def test_lengths_skip_finished_sequences_exactly(rng, cell):
-    """With lengths (longest first), each sequence's outputs up to its length equal running it alone on just
-    those steps, and afterwards its state is carried unchanged."""
+def test_lengths_skip_finished_sequences_exactly(rng, cell, path):
+    """With lengths, each sequence's outputs up to its length equal running it alone on just those steps, and
+    afterwards its state is carried unchanged. The reference takes lengths in any order; the fast path needs them
+    sorted longest first (it works on the first active[t] rows only)."""
+    seq = PATHS[path]
     inputs = _lstm_inputs(rng, N=4, T=6) if cell == "lstm" else _rnn_inputs(rng, N=4, T=6)
-    forward = nn.lstm_forward if cell == "lstm" else nn.rnn_forward
+    forward = seq.lstm_forward if cell == "lstm" else seq.rnn_forward
     x, h0, Wx, Wh, b = inputs
-    lengths = np.array([6, 4, 2, 0])
+    lengths = np.array([6, 4, 2, 0]) if path == "fast" else np.array([2, 6, 0, 4])
     h, cache = forward(x, h0, Wx, Wh, b, lengths=lengths)
     for n, length in enumerate(lengths):
-        alone, _ = forward(x[n : n + 1, :length], h0[n : n + 1], Wx, Wh, b)
-        np.testing.assert_allclose(h[n, :length], alone[0], rtol=0, atol=1e-12)
+        if length:  # (a sequence of no steps has no outputs to compare)
+            alone, _ = forward(x[n : n + 1, :length], h0[n : n + 1], Wx, Wh, b)
+            np.testing.assert_allclose(h[n, :length], alone[0], rtol=0, atol=1e-12)
         last = h[n, length - 1] if length else h0[n]  # carried exactly
         np.testing.assert_array_equal(h[n, length:], np.broadcast_to(last, h[n, length:].shape))
-    np.testing.assert_array_equal(cache.active, [3, 3, 2, 2, 1, 1])
-    with pytest.raises(ValueError, match="longest first"):
-        forward(x, h0, Wx, Wh, b, lengths=np.array([2, 6, 4, 0]))
+        np.testing.assert_array_equal(cache.h_last[n], last)
+    if path == "fast":
+        np.testing.assert_array_equal(cache.active, [3, 3, 2, 2, 1, 1])
+        np.testing.assert_array_equal(nn.fast.active_counts(lengths, 4, 6), [3, 3, 2, 2, 1, 1])
+        with pytest.raises(ValueError, match="longest first"):
+            forward(x, h0, Wx, Wh, b, lengths=np.array([2, 6, 4, 0]))
+    else:
+        np.testing.assert_array_equal(cache.running, np.arange(6)[None, :] < lengths[:, None])
+        np.testing.assert_array_equal(cache.running, nn.running_mask(lengths, 4, 6))
+        assert len(cache.steps) == 6
     with pytest.raises(ValueError, match="lengths must be"):
         forward(x, h0, Wx, Wh, b, lengths=np.array([7, 4, 2, 0]))
+    with pytest.raises(ValueError, match="lengths must be"):
+        forward(x, h0, Wx, Wh, b, lengths=np.array([6, 4, 2]))
+
+
+def test_running_mask():
+    """Without lengths every sequence runs every step; with them, exactly t < lengths[n]."""
+    np.testing.assert_array_equal(nn.running_mask(None, 2, 3), np.ones((2, 3), bool))
+    np.testing.assert_array_equal(nn.running_mask(np.array([1, 3]), 2, 3), [[True, False, False], [True, True, True]])
+    with pytest.raises(ValueError, match="lengths must be"):
+        nn.running_mask(np.array([-1, 2]), 2, 3)

@@ -1,12 +1,18 @@
 """The maths of minicap: every differentiable piece as a pure forward/backward pair, in NumPy.
 
-    layers.py  affine, word embedding, temporal affine, masked temporal softmax loss, MSE loss, stable sigmoid
-    rnn.py     vanilla tanh RNN: one step and a whole sequence (BPTT)
-    lstm.py    LSTM: one step, a whole sequence (BPTT), truncated BPTT
+Read in this order:
 
+    layers.py  affine, word embedding, temporal affine, masked softmax loss, MSE loss, stable sigmoid
+    rnn.py     vanilla tanh RNN: one step forward/backward; a whole sequence as a loop over the step (BPTT)
+    lstm.py    LSTM: one step forward/backward; a whole sequence as a loop over the step (BPTT); truncated BPTT
+    fast.py    the same sequence functions made fast (one GEMM for all inputs, buffers, packed lengths);
+               `from minicap.nn import fast` then `fast.lstm_forward(...)` — proven equal to the loops above
+
+The plain names (`nn.lstm_forward`, `nn.rnn_backward`, ...) are the readable reference path.
 This package imports nothing else from minicap.
 """
 
+from minicap.nn import fast
 from minicap.nn.layers import (
     AffineCache,
     EmbeddingCache,
@@ -22,6 +28,7 @@ from minicap.nn.layers import (
     temporal_softmax_loss,
     word_embedding_backward,
     word_embedding_forward,
+    words_loss,
 )
 from minicap.nn.lstm import (
     LSTMCache,
@@ -45,9 +52,11 @@ from minicap.nn.rnn import (
     rnn_state_gradients,
     rnn_step_backward,
     rnn_step_forward,
+    running_mask,
 )
 
 __all__ = [
+    "fast",
     "AffineCache",
     "EmbeddingCache",
     "TemporalAffineCache",
@@ -62,6 +71,7 @@ __all__ = [
     "temporal_softmax_loss",
     "word_embedding_backward",
     "word_embedding_forward",
+    "words_loss",
     "LSTMCache",
     "LSTMGrads",
     "LSTMStepCache",
@@ -81,4 +91,5 @@ __all__ = [
     "rnn_state_gradients",
     "rnn_step_backward",
     "rnn_step_forward",
+    "running_mask",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "temporal_affine_forward",
     "temporal_affine_backward",
     "temporal_softmax_loss",
+    "words_loss",
     "mse_loss",
 ]
 
@@ -216,6 +217,36 @@ def temporal_softmax_loss(logits: np.ndarray, targets: np.ndarray, mask: np.ndar
     weights = (mask.reshape(N * T) / N).astype(logits.dtype)  # 1/N where counted, 0 where masked
     loss, grad = softmax_loss(logits.reshape(N * T, V), targets.reshape(N * T), weights)
     return loss, grad.reshape(N, T, V)
+
+
+def words_loss(
+    h: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    W_vocab: np.ndarray,
+    b_vocab: np.ndarray,
+    weight: float,
+    backward: bool = True,
+) -> tuple[np.floating, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """The words a language model predicts: vocabulary scores from the hidden states, then the masked loss.
+
+        scores = h W_vocab + b_vocab                                 (N, T, V), `temporal_affine_forward`
+        L      = −weight · Σ_{(n,t) counted} log softmax(scores[n, t])[targets[n, t]]
+
+    h: (N, T, H) hidden states; targets: (N, T) int; mask: (N, T) bool, the positions that count;
+    W_vocab: (H, V), b_vocab: (V,); weight: each counted position's weight (1/N gives nats per caption, the
+    caption model's loss; 1/K, K = mask.sum(), gives nats per token, the language model's).
+    Returns (loss, (dh (N, T, H), dW_vocab (H, V), db_vocab (V,))), or (loss, None) when backward is False.
+    `minicap.nn.fast.words_loss` gives the same numbers without scoring the masked positions.
+    """
+    N, T, _ = h.shape
+    V = W_vocab.shape[1]
+    scores, cache = temporal_affine_forward(h, W_vocab, b_vocab)
+    weights = (mask.reshape(N * T) * weight).astype(h.dtype)  # 0 where masked: exactly 0 loss and gradient
+    loss, dscores = softmax_loss(scores.reshape(N * T, V), targets.reshape(N * T), weights)
+    if not backward:
+        return loss, None
+    return loss, temporal_affine_backward(dscores.reshape(N, T, V), cache)
 
 
 # ------------------------------------------------------------------------------------------ mean squared error

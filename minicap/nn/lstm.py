@@ -12,13 +12,16 @@ One step, with the four gates computed by ONE matrix product (Karpathy's fused-g
 
 GATE ORDER in Wx (D, 4H), Wh (H, 4H) and b (4H,) is **i, f, o, g**: columns [0:H] input, [H:2H] forget,
 [2H:3H] output, [3H:4H] candidate. The three sigmoid gates are adjacent, so one call activates all of them.
-(PyTorch's nn.LSTM stores i, f, g, o, transposed, with two biases; `minicap.nn.lstm_weights_from_torch_order`
-converts.)
+(PyTorch's nn.LSTM stores i, f, g, o, transposed, with two biases; `lstm_weights_from_torch_order` converts.)
 
 Why it helps: ∂c_t/∂c_{t−1} = f (elementwise). The gradient flowing back along the cell is multiplied by the
 forget gates — numbers the network can learn to hold near 1 — instead of by a fixed matrix as in the vanilla RNN.
 
 Shapes: N batch, T time steps, D input size, H hidden size.
+
+This is the READABLE path: the sequence functions are plain loops over the step functions, and each backward
+equation is written once, in `lstm_step_backward`. `minicap.nn.fast` computes exactly the same numbers faster
+(one matrix product for all inputs, time-major buffers, packed lengths); the tests prove the two equal.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from typing import NamedTuple
 import numpy as np
 
 from minicap.nn.layers import sigmoid
-from minicap.nn.rnn import active_counts, gradients_after_bptt
+from minicap.nn.rnn import running_mask
 
 __all__ = [
     "LSTMStepCache",
     "lstm_step_forward",
+    "lstm_cell_gradient",
     "lstm_step_backward",
     "LSTMCache",
     "LSTMGrads",
@@ -81,6 +85,12 @@ def lstm_step_forward(
     return next_h, next_c, LSTMStepCache(x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c)
 
 
+def lstm_cell_gradient(dnext_h: np.ndarray, dnext_c: np.ndarray, cache: LSTMStepCache) -> np.ndarray:
+    """∂L/∂c_t in total (N, H): c_t reaches the loss directly (dnext_c, through c_{t+1}) and through
+    h_t = o ⊙ tanh(c_t):   dc = dnext_c + dnext_h ⊙ o ⊙ (1 − tanh²(c_t)).   The first line of `lstm_step_backward`."""
+    return dnext_c + dnext_h * cache.o * (1.0 - cache.tanh_c**2)
+
+
 def lstm_step_backward(
     dnext_h: np.ndarray, dnext_c: np.ndarray, cache: LSTMStepCache
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -94,7 +104,7 @@ def lstm_step_backward(
     Returns (dx (N, D), dprev_h (N, H), dprev_c (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)).
     """
     i, f, o, g, tanh_c = cache.i, cache.f, cache.o, cache.g, cache.tanh_c
-    dc = dnext_c + dnext_h * o * (1.0 - tanh_c**2)
+    dc = lstm_cell_gradient(dnext_h, dnext_c, cache)
     da = np.concatenate(
         [
             dc * g * i * (1.0 - i),
@@ -114,26 +124,12 @@ def lstm_step_backward(
 
 
 class LSTMCache(NamedTuple):
-    """What `lstm_backward` needs. Arrays are time-major, so each step's slice is one contiguous block."""
+    """What `lstm_backward` needs: every step's own cache, and which sequences each step updated."""
 
-    x: np.ndarray  # (T, N, D) inputs
-    gates: np.ndarray  # (T, N, 4H) activated gates [i, f, o, g] of every step
-    c: np.ndarray  # (T+1, N, H) cells; c[0] = c0, c[t+1] after step t
-    tanh_c: np.ndarray  # (T, N, H) tanh(c[t+1])
-    h: np.ndarray  # (T+1, N, H) hidden states; h[0] = h0
-    Wx: np.ndarray  # (D, 4H)
-    Wh: np.ndarray  # (H, 4H)
-    active: np.ndarray  # (T,) int: sequences 0 … active[t]−1 are still running at step t (all N without lengths)
-
-    @property
-    def h_last(self) -> np.ndarray:
-        """(N, H) hidden state after the last step (carried to the next chunk in truncated BPTT)."""
-        return self.h[-1]
-
-    @property
-    def c_last(self) -> np.ndarray:
-        """(N, H) cell after the last step (carried to the next chunk in truncated BPTT)."""
-        return self.c[-1]
+    steps: list[LSTMStepCache]  # T caches, one per step, in time order
+    running: np.ndarray  # (N, T) bool: sequence n was still running at step t (all True without lengths)
+    h_last: np.ndarray  # (N, H) hidden state after the last step (carried to the next chunk in truncated BPTT)
+    c_last: np.ndarray  # (N, H) cell after the last step
 
 
 class LSTMGrads(NamedTuple):
@@ -154,53 +150,27 @@ def lstm_forward(
     c0: np.ndarray | None = None,
     lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, LSTMCache]:
-    """Run the LSTM over a whole sequence (c0 defaults to zeros, as in a captioner).
+    """Run the LSTM over a whole sequence: `lstm_step_forward` once per time step, the state carried along.
 
-    x: (N, T, D), h0: (N, H), Wx: (D, 4H), Wh: (H, 4H), b: (4H,), c0: (N, H) or None
-    lengths: optional (N,) int, sorted LONGEST FIRST: sequence n has lengths[n] steps. After its last step a
-        sequence's state is carried unchanged (h_t = h_{t−1}, c_t = c_{t−1}), so no work is spent on padding.
-    Returns h: (N, T, H), the hidden state at every step, and the cache.
-
-    Speed, with the maths unchanged (same equations as `lstm_step_forward`):
-    - x_t Wx + b for ALL steps is ONE matrix product before the loop, written straight into the gate buffer;
-      the loop only adds h_{t−1} Wh, the one term that depends on the previous step.
-    - All per-step arrays live in buffers allocated once, (T, N, ·) time-major so each step is contiguous, and
-      activations are applied in place, so the loop allocates almost nothing.
-    - With `lengths`, step t works on the first n = active[t] rows only — the sequences still running (PyTorch
-      calls this a packed sequence). Captions of a COCO batch padded to its longest are ~30% padding.
+    x: (N, T, D), h0: (N, H), Wx: (D, 4H), Wh: (H, 4H), b: (4H,), c0: (N, H) or None (zeros, as in a captioner)
+    lengths: optional (N,) int: sequence n has lengths[n] steps. After its last step a sequence keeps its state
+        (h_t = h_{t−1}, c_t = c_{t−1}), so padding can never change it.
+    Returns h: (N, T, H), the hidden state after every step, and the cache.
     """
-    N, T, D = x.shape
-    H = h0.shape[1]
-    dtype = x.dtype
-    active = active_counts(lengths, N, T)
-    xt = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D)
-
-    gates = (xt.reshape(T * N, D) @ Wx).reshape(T, N, 4 * H)  # x_t Wx for every t at once,
-    gates += b  # + b, in place
-    h = np.empty((T + 1, N, H), dtype=dtype)
-    c = np.empty((T + 1, N, H), dtype=dtype)
-    tanh_c = np.zeros((T, N, H), dtype=dtype)
-    recurrent = np.empty((N, 4 * H), dtype=dtype)  # h_{t−1} Wh, reused at every step
-    input_times_candidate = np.empty((N, H), dtype=dtype)  # i ⊙ g, reused at every step
-    h[0] = h0
-    c[0] = 0.0 if c0 is None else c0
-
+    N, T, _ = x.shape
+    if T < 1:
+        raise ValueError(f"lstm_forward needs a sequence of at least one step, got x of shape {x.shape}")
+    running = running_mask(lengths, N, T)
+    h = h0
+    c = np.zeros_like(h0) if c0 is None else c0
+    hs, steps = [], []
     for t in range(T):
-        n = active[t]  # rows 0 … n−1 are running; the rest carry their final state
-        a = gates[t, :n]  # (n, 4H), a view: activating it in place stores the gates in the cache
-        np.matmul(h[t, :n], Wh, out=recurrent[:n])
-        a += recurrent[:n]  # a = x_t Wx + b + h_{t−1} Wh
-        sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])  # i, f, o
-        np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])  # g
-        i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-        np.multiply(f, c[t, :n], out=c[t + 1, :n])
-        c[t + 1, :n] += np.multiply(i, g, out=input_times_candidate[:n])  # c_t = f ⊙ c_{t−1} + i ⊙ g
-        np.tanh(c[t + 1, :n], out=tanh_c[t, :n])
-        np.multiply(o, tanh_c[t, :n], out=h[t + 1, :n])  # h_t = o ⊙ tanh(c_t)
-        h[t + 1, n:] = h[t, n:]  # finished sequences keep their state
-        c[t + 1, n:] = c[t, n:]
-
-    return h[1:].transpose(1, 0, 2).copy(), LSTMCache(xt, gates, c, tanh_c, h, Wx, Wh, active)
+        next_h, next_c, step = lstm_step_forward(x[:, t], h, c, Wx, Wh, b)
+        keep = running[:, t, None]  # (N, 1): a sequence that has ended keeps its state
+        h, c = np.where(keep, next_h, h), np.where(keep, next_c, c)
+        hs.append(h)
+        steps.append(step)
+    return np.stack(hs, axis=1), LSTMCache(steps, running, h, c)
 
 
 def lstm_backward(
@@ -209,48 +179,30 @@ def lstm_backward(
     dh_last: np.ndarray | None = None,
     dc_last: np.ndarray | None = None,
 ) -> LSTMGrads:
-    """Backpropagation through time over the whole sequence.
+    """Backpropagation through time: `lstm_step_backward` once per step, from the last step to the first.
 
     dh: (N, T, H), the upstream gradient of every output h_t from the layer above (not through time).
-    dh_last, dc_last: optional (N, H) gradients arriving at the final state from beyond the sequence (e.g. from
-    the next chunk, when it is not truncated); zero by default.
+    dh_last, dc_last: optional (N, H) gradients reaching the final state from beyond the sequence (e.g. from the
+        next chunk, when it is not truncated); zero by default.
     Returns LSTMGrads(dx (N, T, D), dh0 (N, H), dc0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)).
 
-    The loop carries (dh, dc) back through time and stores da_t, the gradient of the pre-activations, for every
-    step; dWx, dWh, db and dx are then one GEMM (or sum) each over all T·N rows, outside the loop.
+    At step t the hidden state has two consumers, the layer above (dh[:, t]) and step t+1 (dnext_h): their
+    gradients add. The weights are shared by every step, so their gradients are summed over the steps.
     """
-    T, N, D = cache.x.shape
-    H = cache.h.shape[2]
-    dtype = dh.dtype
-    dh_tm = dh.transpose(1, 0, 2)  # (T, N, H) time-major view
-    dgates = np.empty((T, N, 4 * H), dtype=dtype)
-    dnext_h = np.zeros((N, H), dtype=dtype) if dh_last is None else dh_last.astype(dtype, copy=True)
-    dnext_c = np.zeros((N, H), dtype=dtype) if dc_last is None else dc_last.astype(dtype, copy=True)
-
+    N, T, _ = dh.shape
+    first = cache.steps[0]
+    dnext_h = np.zeros_like(first.prev_h) if dh_last is None else dh_last.astype(dh.dtype)
+    dnext_c = np.zeros_like(first.prev_c) if dc_last is None else dc_last.astype(dh.dtype)
+    dx = np.zeros((N, T, first.x.shape[1]), dtype=dh.dtype)
+    dWx, dWh = np.zeros_like(first.Wx), np.zeros_like(first.Wh)
+    db = np.zeros(first.Wx.shape[1], dtype=dh.dtype)
     for t in reversed(range(T)):
-        n = cache.active[t]  # running rows; the others only carry their gradient back unchanged
-        gates = cache.gates[t, :n]
-        i, f, o, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-        tanh_c = cache.tanh_c[t, :n]
-        da = dgates[t, :n]  # (n, 4H) view, filled block by block
-        dgates[t, n:] = 0.0  # finished rows: no gate, no gradient
-
-        dnext_h += dh_tm[t]  # total ∂L/∂h_t: from the layer above and from step t+1
-        dh_t = dnext_h[:n]
-        dc = dnext_c[:n]  # (a view: updated in place to ∂L/∂c_t, then replaced by ∂L/∂c_{t−1} below)
-        dc += dh_t * o * (1.0 - tanh_c * tanh_c)  # ∂L/∂c_t: from step t+1 and through h_t
-        np.multiply(dc, g, out=da[:, :H])  # di
-        np.multiply(dc, cache.c[t, :n], out=da[:, H : 2 * H])  # df
-        np.multiply(dh_t, tanh_c, out=da[:, 2 * H : 3 * H])  # do
-        np.multiply(dc, i, out=da[:, 3 * H :])  # dg
-        s = gates[:, : 3 * H]
-        da[:, : 3 * H] *= s * (1.0 - s)  # σ′ = σ(1 − σ), for i, f and o at once
-        da[:, 3 * H :] *= 1.0 - g * g  # tanh′ = 1 − tanh²
-
-        dc *= f  # ∂L/∂c_{t−1} along the cell path
-        np.matmul(da, cache.Wh.T, out=dh_t)  # ∂L/∂h_{t−1} through the recurrent weights
-
-    dx, dWx, dWh, db = gradients_after_bptt(dgates, cache.x, cache.h[:-1], cache.Wx, cache.active)
+        keep = cache.running[:, t, None]  # an ended sequence only copied its state at step t ...
+        dh_t = dnext_h + dh[:, t]  # ∂L/∂h_t: from the layer above and from step t+1
+        dx[:, t], dprev_h, dprev_c, dWx_t, dWh_t, db_t = lstm_step_backward(dh_t * keep, dnext_c * keep, cache.steps[t])
+        dnext_h = np.where(keep, dprev_h, dh_t)  # ... so its gradient passes through step t unchanged
+        dnext_c = np.where(keep, dprev_c, dnext_c)
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
     return LSTMGrads(dx, dnext_h, dnext_c, dWx, dWh, db)
 
 
@@ -258,31 +210,21 @@ def lstm_state_gradients(dh: np.ndarray, cache: LSTMCache) -> tuple[np.ndarray, 
     """∂L/∂h_t and ∂L/∂c_t for every state t = 0 … T: how much gradient reaches each step back in time.
 
     dh: (N, T, H) upstream gradient of the outputs. Returns (dh_states, dc_states), each (T+1, N, H); index 0
-    equals `lstm_backward(...).dh0` / `.dc0`. The same recurrence as `lstm_backward`, keeping the state gradients
-    of every step instead of the weight gradients (lesson 01 plots their norms).
+    equals `lstm_backward(...).dh0` / `.dc0`. The loop of `lstm_backward`, keeping the state gradient of every
+    step instead of the weight gradients (lesson 01 plots their norms).
     """
-    T, N, _ = cache.x.shape
-    H = cache.h.shape[2]
-    dh_tm = dh.transpose(1, 0, 2)
+    N, T, H = dh.shape
     dh_states = np.zeros((T + 1, N, H), dtype=dh.dtype)
     dc_states = np.zeros((T + 1, N, H), dtype=dh.dtype)
     for t in reversed(range(T)):
-        n = cache.active[t]
-        gates = cache.gates[t, :n]
-        i, f, o, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
-        tanh_c = cache.tanh_c[t, :n]
-        dh_states[t + 1] += dh_tm[t]  # total gradient at h_t: from above and from the future
-        dh_t = dh_states[t + 1, :n]
-        dc = dc_states[t + 1, :n] + dh_t * o * (1.0 - tanh_c**2)
-        dc_states[t + 1, :n] = dc
-        da = np.concatenate(
-            [dc * g * i * (1 - i), dc * cache.c[t, :n] * f * (1 - f), dh_t * tanh_c * o * (1 - o), dc * i * (1 - g**2)],
-            axis=1,
-        )
-        dh_states[t, :n] = da @ cache.Wh.T
-        dc_states[t, :n] = dc * f
-        dh_states[t, n:] = dh_states[t + 1, n:]  # finished sequences carry their gradient back unchanged
-        dc_states[t, n:] = dc_states[t + 1, n:]
+        keep = cache.running[:, t, None]
+        dh_states[t + 1] += dh[:, t]  # total gradient at h_t: from above and from the future
+        dh_t, dc_t, step = dh_states[t + 1] * keep, dc_states[t + 1] * keep, cache.steps[t]
+        _, dprev_h, dprev_c, _, _, _ = lstm_step_backward(dh_t, dc_t, step)
+        # the total at c_t: from the future and through h_t (an ended sequence's cell only passes its gradient on)
+        dc_states[t + 1] = np.where(keep, lstm_cell_gradient(dh_t, dc_t, step), dc_states[t + 1])
+        dh_states[t] = np.where(keep, dprev_h, dh_states[t + 1])
+        dc_states[t] = np.where(keep, dprev_c, dc_states[t + 1])
     return dh_states, dc_states
 
 
@@ -320,27 +262,25 @@ def lstm_forward_truncated(
 
 
 def lstm_backward_truncated(dh: np.ndarray, caches: list[LSTMCache]) -> LSTMGrads:
-    """Truncated BPTT: backward through each chunk separately, the gradient into each chunk's initial state
+    """Truncated BPTT: backward through each chunk on its own, the gradient into each chunk's initial state
     dropped (except the first chunk's, returned as dh0, dc0); parameter gradients summed over the chunks.
 
     dh: (N, T, H) upstream gradient for the whole sequence. Returns LSTMGrads like `lstm_backward`.
     """
-    dxs = []
-    dWx = dWh = db = None
-    start = 0
-    first: LSTMGrads | None = None
+    start, per_chunk = 0, []
     for cache in caches:
-        T_chunk = cache.x.shape[0]
-        grads = lstm_backward(dh[:, start : start + T_chunk], cache)
+        T_chunk = len(cache.steps)
+        per_chunk.append(lstm_backward(dh[:, start : start + T_chunk], cache))
         start += T_chunk
-        dxs.append(grads.dx)
-        first = first or grads
-        if dWx is None:
-            dWx, dWh, db = grads.dWx, grads.dWh, grads.db
-        else:
-            dWx, dWh, db = dWx + grads.dWx, dWh + grads.dWh, db + grads.db
-    assert first is not None and dWx is not None and dWh is not None and db is not None
-    return LSTMGrads(np.concatenate(dxs, axis=1), first.dh0, first.dc0, dWx, dWh, db)
+    first = per_chunk[0]
+    return LSTMGrads(
+        np.concatenate([g.dx for g in per_chunk], axis=1),
+        first.dh0,
+        first.dc0,
+        sum(g.dWx for g in per_chunk[1:]) + first.dWx,
+        sum(g.dWh for g in per_chunk[1:]) + first.dWh,
+        sum(g.db for g in per_chunk[1:]) + first.db,
+    )
 
 
 # ---------------------------------------------------------------------------------------- interoperability
@@ -350,8 +290,8 @@ def lstm_weights_from_torch_order(
     weight_ih: np.ndarray, weight_hh: np.ndarray, bias_ih: np.ndarray, bias_hh: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Convert PyTorch nn.LSTM weights (gate order i, f, g, o; shapes (4H, D), (4H, H), (4H,), (4H,)) to
-    minicap's (Wx (D, 4H), Wh (H, 4H), b (4H,)) in gate order i, f, o, g. Used by the comparison tests and
-    benchmarks; no torch needed here, only the arrays.
+    minicap's (Wx (D, 4H), Wh (H, 4H), b (4H,)) in gate order i, f, o, g. Used by the test that compares
+    `lstm_forward` with torch's nn.LSTM; no torch needed here, only the arrays.
     """
     H = weight_hh.shape[1]
     order = np.r_[0:H, H : 2 * H, 3 * H : 4 * H, 2 * H : 3 * H]  # i, f, o, g from i, f, g, o

@@ -16,6 +16,10 @@ norm below 1 it shrinks geometrically (vanishing gradients); above 1 it grows (e
 measures this.
 
 Shapes: N batch, T time steps, D input size, H hidden size.
+
+This is the READABLE path: the sequence functions are plain loops over the step functions, and each backward
+equation is written once, in `rnn_step_backward`. `minicap.nn.fast` computes exactly the same numbers faster;
+the tests prove the two equal.
 """
 
 from __future__ import annotations
@@ -30,8 +34,7 @@ __all__ = [
     "rnn_step_backward",
     "RNNCache",
     "RNNGrads",
-    "active_counts",
-    "gradients_after_bptt",
+    "running_mask",
     "rnn_forward",
     "rnn_backward",
     "rnn_state_gradients",
@@ -78,19 +81,22 @@ def rnn_step_backward(
 # ----------------------------------------------------------------------------------------- whole sequence
 
 
+def running_mask(lengths: np.ndarray | None, N: int, T: int) -> np.ndarray:
+    """(N, T) bool: sequence n is still running at step t, i.e. t < lengths[n] (all True without lengths)."""
+    if lengths is None:
+        return np.ones((N, T), dtype=bool)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (N,) or np.any(lengths < 0) or np.any(lengths > T):
+        raise ValueError(f"lengths must be (N,) = ({N},) integers in [0, {T}], got {lengths!r}")
+    return np.arange(T)[None, :] < lengths[:, None]
+
+
 class RNNCache(NamedTuple):
-    """What `rnn_backward` needs. Arrays are time-major so that every step's slice is contiguous."""
+    """What `rnn_backward` needs: every step's own cache, and which sequences each step updated."""
 
-    x: np.ndarray  # (T, N, D) inputs, time-major
-    h: np.ndarray  # (T+1, N, H) hidden states; h[0] = h0, h[t+1] is the output at step t
-    Wx: np.ndarray  # (D, H)
-    Wh: np.ndarray  # (H, H)
-    active: np.ndarray  # (T,) int: sequences 0 … active[t]−1 are still running at step t (all N without lengths)
-
-    @property
-    def h_last(self) -> np.ndarray:
-        """(N, H) the state after the last step: the h0 of the next chunk in truncated BPTT."""
-        return self.h[-1]
+    steps: list[RNNStepCache]  # T caches, one per step, in time order
+    running: np.ndarray  # (N, T) bool: sequence n was still running at step t (all True without lengths)
+    h_last: np.ndarray  # (N, H) the state after the last step: the h0 of the next chunk in truncated BPTT
 
 
 class RNNGrads(NamedTuple):
@@ -101,21 +107,6 @@ class RNNGrads(NamedTuple):
     db: np.ndarray  # (H,)
 
 
-def active_counts(lengths: np.ndarray | None, N: int, T: int) -> np.ndarray:
-    """(T,) how many of N sequences, sorted longest first, are still running at step t: #{n : lengths[n] > t}.
-
-    Without lengths every sequence runs for all T steps. Used by `rnn_forward` and `lstm_forward`.
-    """
-    if lengths is None:
-        return np.full(T, N, dtype=np.int64)
-    lengths = np.asarray(lengths)
-    if lengths.shape != (N,) or np.any(lengths < 0) or np.any(lengths > T):
-        raise ValueError(f"lengths must be (N,) = ({N},) integers in [0, {T}], got {lengths!r}")
-    if np.any(np.diff(lengths) > 0):
-        raise ValueError("lengths must be sorted longest first (sort the batch by length before the recurrence)")
-    return (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
-
-
 def rnn_forward(
     x: np.ndarray,
     h0: np.ndarray,
@@ -124,85 +115,47 @@ def rnn_forward(
     b: np.ndarray,
     lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, RNNCache]:
-    """Run the RNN over a whole sequence.
+    """Run the RNN over a whole sequence: `rnn_step_forward` once per time step, the state carried along.
 
     x: (N, T, D), h0: (N, H), Wx: (D, H), Wh: (H, H), b: (H,)  ->  h: (N, T, H), the hidden state at every step
-    lengths: optional (N,) int, sorted LONGEST FIRST: sequence n has lengths[n] steps, after which its state is
-        carried unchanged (h_t = h_{t−1}) and no work is spent on it.
-
-    Speed without hiding the maths: the input term x_t Wx + b of every step is computed before the loop as ONE
-    matrix product over all N·T rows (one big GEMM is several times faster than T small ones); only h_{t−1} Wh,
-    which depends on the previous step, stays inside the loop. Inputs are made time-major (T, N, D) so each
-    step reads and writes contiguous memory.
+    lengths: optional (N,) int: sequence n has lengths[n] steps, after which its state is carried unchanged
+        (h_t = h_{t−1}), so padding can never change it.
     """
-    N, T, D = x.shape
-    H = h0.shape[1]
-    active = active_counts(lengths, N, T)
-    xt = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, D)
-    h = np.empty((T + 1, N, H), dtype=x.dtype)
-    h[0] = h0
-    np.matmul(xt.reshape(T * N, D), Wx, out=h[1:].reshape(T * N, H))  # x_t Wx for every t at once,
-    h[1:] += b  # + b, in place
+    N, T, _ = x.shape
+    if T < 1:
+        raise ValueError(f"rnn_forward needs a sequence of at least one step, got x of shape {x.shape}")
+    running = running_mask(lengths, N, T)
+    h = h0
+    hs, steps = [], []
     for t in range(T):
-        n = active[t]  # rows 0 … n−1 are running
-        h[t + 1, :n] += h[t, :n] @ Wh  # a_t = (x_t Wx + b) + h_{t−1} Wh
-        np.tanh(h[t + 1, :n], out=h[t + 1, :n])  # h_t = tanh(a_t), in place
-        h[t + 1, n:] = h[t, n:]  # finished sequences keep their state
-    return h[1:].transpose(1, 0, 2).copy(), RNNCache(xt, h, Wx, Wh, active)
+        next_h, step = rnn_step_forward(x[:, t], h, Wx, Wh, b)
+        h = np.where(running[:, t, None], next_h, h)  # a sequence that has ended keeps its state
+        hs.append(h)
+        steps.append(step)
+    return np.stack(hs, axis=1), RNNCache(steps, running, h)
 
 
 def rnn_backward(dh: np.ndarray, cache: RNNCache) -> RNNGrads:
-    """Backpropagation through time over the whole sequence.
+    """Backpropagation through time: `rnn_step_backward` once per step, from the last step to the first.
 
     dh: (N, T, H), the upstream gradient ∂L/∂h_t of every output (from the layer above, NOT through time).
     Returns RNNGrads(dx (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)).
 
-    The loop only carries the gradient back through time and stores da_t for every step; the weight gradients
-    are then one GEMM each over all steps: dWx = Σ_t x_tᵀ da_t = X_allᵀ DA_all.
+    The hidden state h_t feeds both the layer above and step t+1, so its gradient is the sum of the two; the
+    weights are shared by every step, so their gradients are summed over the steps.
     """
-    T, N, D = cache.x.shape
-    H = cache.h.shape[2]
-    dh_t = dh.transpose(1, 0, 2)  # (T, N, H) time-major view
-    da = np.empty((T, N, H), dtype=dh.dtype)
-    dnext_h = np.zeros((N, H), dtype=dh.dtype)  # ∂L/∂h_t: from the layer above and from step t+1
+    N, T, _ = dh.shape
+    first = cache.steps[0]
+    dnext_h = np.zeros_like(first.prev_h)  # ∂L/∂h_t arriving from step t+1
+    dx = np.zeros((N, T, first.x.shape[1]), dtype=dh.dtype)
+    dWx, dWh, db = np.zeros_like(first.Wx), np.zeros_like(first.Wh), np.zeros(first.Wh.shape[1], dtype=dh.dtype)
     for t in reversed(range(T)):
-        n = cache.active[t]  # running rows; finished ones only carry their gradient back
-        dnext_h += dh_t[t]
-        h_t = cache.h[t + 1, :n]
-        np.multiply(dnext_h[:n], 1.0 - h_t * h_t, out=da[t, :n])  # da_t = ∂L/∂h_t ⊙ tanh′
-        da[t, n:] = 0.0
-        np.matmul(da[t, :n], cache.Wh.T, out=dnext_h[:n])  # ∂L/∂h_{t−1}
-    dx, dWx, dWh, db = gradients_after_bptt(da, cache.x, cache.h[:-1], cache.Wx, cache.active)
+        keep = cache.running[:, t, None]  # an ended sequence only copied its state at step t ...
+        dh_t = dnext_h + dh[:, t]
+        dx[:, t], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(dh_t * keep, cache.steps[t])
+        dnext_h = np.where(keep, dprev_h, dh_t)  # ... so its gradient passes through step t unchanged
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
     return RNNGrads(dx, dnext_h, dWx, dWh, db)
-
-
-def gradients_after_bptt(
-    da: np.ndarray, x: np.ndarray, h_prev: np.ndarray, Wx: np.ndarray, active: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The gradients BPTT leaves for after its loop, each ONE matrix product over all steps at once:
-
-        dx_t = da_t Wxᵀ,    dWx = Σ_t x_tᵀ da_t,    dWh = Σ_t h_{t−1}ᵀ da_t,    db = Σ_t Σ_n da_t
-
-    da: (T, N, G) pre-activation gradients (G = H for the RNN, 4H for the LSTM), x: (T, N, D), h_prev: (T, N, H)
-    the states each step read, all time-major; active: (T,) running rows per step (see `active_counts`).
-    Returns dx (N, T, D), dWx (D, G), dWh (H, G), db (G,).
-
-    Rows of finished sequences have da = 0; when there are many (a padded caption batch), only the rows that ran
-    are gathered and multiplied: a third less arithmetic for COCO-like lengths, for the price of one copy.
-    """
-    T, N, D = x.shape
-    G = da.shape[2]
-    da2, x2, h2 = da.reshape(T * N, G), x.reshape(T * N, D), h_prev.reshape(T * N, -1)
-    if active.sum() < 0.9 * T * N:
-        ran = (np.arange(N)[None, :] < active[:, None]).reshape(T * N)  # (T·N,) rows that ran, time-major
-        da_ran = da2[ran]
-        dx2 = np.zeros((T * N, D), dtype=da.dtype)
-        dx2[ran] = da_ran @ Wx.T
-        dWx, dWh, db = x2[ran].T @ da_ran, h2[ran].T @ da_ran, da_ran.sum(axis=0)
-    else:
-        dx2 = da2 @ Wx.T
-        dWx, dWh, db = x2.T @ da2, h2.T @ da2, da2.sum(axis=0)
-    return np.ascontiguousarray(dx2.reshape(T, N, D).transpose(1, 0, 2)), dWx, dWh, db
 
 
 def rnn_state_gradients(dh: np.ndarray, cache: RNNCache) -> np.ndarray:
@@ -210,17 +163,14 @@ def rnn_state_gradients(dh: np.ndarray, cache: RNNCache) -> np.ndarray:
 
     dh: (N, T, H) upstream gradient of the outputs (e.g. zero except at the last step when the loss reads only
     h_T). Returns (T+1, N, H), index t holding ∂L/∂h_t (index 0 is ∂L/∂h0, equal to `rnn_backward(...).dh0`).
-
-    The same backward recurrence as `rnn_backward`, keeping the state gradient of every step instead of the
-    weight gradients; lesson 01 plots its norm against the distance k = T − t to see gradients vanish.
+    The loop of `rnn_backward`, keeping the state gradient of every step instead of the weight gradients;
+    lesson 01 plots its norm against the distance k = T − t to see gradients vanish.
     """
-    T, N, _ = cache.x.shape
-    dh_tm = dh.transpose(1, 0, 2)
-    states = np.zeros((T + 1, N, cache.h.shape[2]), dtype=dh.dtype)
+    N, T, H = dh.shape
+    states = np.zeros((T + 1, N, H), dtype=dh.dtype)
     for t in reversed(range(T)):
-        n = cache.active[t]
-        states[t + 1] += dh_tm[t]  # total gradient at h_{t+1}: from above and from the future
-        da = states[t + 1, :n] * (1.0 - cache.h[t + 1, :n] ** 2)
-        states[t, :n] = da @ cache.Wh.T
-        states[t, n:] = states[t + 1, n:]  # finished sequences carry their gradient back unchanged
+        keep = cache.running[:, t, None]
+        states[t + 1] += dh[:, t]  # total gradient at h_{t+1}: from above and from the future
+        _, dprev_h, _, _, _ = rnn_step_backward(states[t + 1] * keep, cache.steps[t])
+        states[t] = np.where(keep, dprev_h, states[t + 1])
     return states
