@@ -5,8 +5,8 @@ All three decoders talk to the model through two calls only:
     state = model.initial_state(features)          features (N, F) -> the state before the first word
     logits, state = model.step(words, state)       words (N,) -> next-word scores (N, V) and the new state
 
-so they work for any cell (LSTM or RNN) and never see the model's internals. Every decoder starts each caption
-with <START> and feeds back the word it chose.
+(the model contract, `minicap.models.base`), so they work for any cell and never see the model's internals.
+Every decoder starts each caption with <START> and feeds back the word it chose.
 
 Conventions shared by the decoders:
 
@@ -14,46 +14,59 @@ Conventions shared by the decoders:
   followed by <END>, or max_length words cut off there (no <END>).
 * The result is an int32 array (N, max_length): the generated ids, then <NULL> (= 0) after <END>.
   `decode_captions(ids, vocab)` turns it into text.
-* A decoder never emits <NULL> or <START> (they are not words), and by default not <UNK> either ("a <UNK> on
-  a <UNK>" is no caption; `allow_unk=True` permits it). Those tokens' logits are set to −∞ before the softmax,
+* A decoder writes only `minicap.tokens.decodable_tokens`: never <NULL> or <START> (they are not words), and by
+  default not <UNK> either (`allow_unk=True` permits it). The other tokens' logits are set to −∞ before the softmax,
   so the probabilities are renormalised over the tokens a caption may contain. Log-probabilities reported here
   (`beam_search(..., return_scores=True)`, `caption_log_probs`) are under that renormalised distribution.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
-from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel, RecurrentState
+from minicap.models.base import State
 from minicap.nn import log_softmax
+from minicap.text import Vocabulary
+from minicap.tokens import END, NULL, START, decodable_tokens
 
 __all__ = [
-    "UNK_ID",
-    "allowed_tokens",
+    "Decodable",
     "greedy",
     "sample",
     "sample_from_state",
+    "sample_language_model",
     "beam_search",
     "length_penalty_factor",
     "caption_log_probs",
     "decode_captions",
+    "generate_captions",
 ]
 
-UNK_ID = 3  # the Vocabulary's <UNK> (minicap.data.UNK)
+
+class StartsCaptions(Protocol):
+    """What `sample_language_model` needs: a vocabulary size, the state a caption starts from, and one step."""
+
+    vocab_size: int
+
+    def caption_start_state(self, N: int) -> State: ...
+
+    def step(self, words: np.ndarray, state: State) -> tuple[np.ndarray, State]: ...
 
 
-def allowed_tokens(vocab_size: int, allow_unk: bool = False) -> np.ndarray:
-    """(V,) bool: which tokens a decoder may emit. Never <NULL> or <START>; <UNK> only if `allow_unk`."""
-    allowed = np.ones(vocab_size, dtype=bool)
-    allowed[[NULL_ID, START_ID]] = False
-    if not allow_unk:
-        allowed[UNK_ID] = False
-    return allowed
+class Decodable(Protocol):
+    """What a decoder needs of a model: its vocabulary size, its state before the first word, and one step."""
+
+    vocab_size: int
+
+    def initial_state(self, features: np.ndarray) -> State: ...
+
+    def step(self, words: np.ndarray, state: State) -> tuple[np.ndarray, State]: ...
 
 
-def _check_args(model: CaptionModel, features: np.ndarray, max_length: int) -> np.ndarray:
+def _check_args(model: Decodable, features: np.ndarray, max_length: int) -> np.ndarray:
     features = np.asarray(features)
     if features.ndim != 2:
         raise ValueError(f"features must be (N, F), got shape {features.shape}")
@@ -73,7 +86,7 @@ def _masked_log_probs(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- greedy
 
 
-def greedy(model: CaptionModel, features: np.ndarray, max_length: int = 20, allow_unk: bool = False) -> np.ndarray:
+def greedy(model: Decodable, features: np.ndarray, max_length: int = 20, allow_unk: bool = False) -> np.ndarray:
     """The most likely next word at every step: features (N, F) -> ids (N, max_length) int32.
 
     Fast and deterministic, but short-sighted: a likely first word can lead to a caption that is less likely
@@ -81,17 +94,17 @@ def greedy(model: CaptionModel, features: np.ndarray, max_length: int = 20, allo
     """
     features = _check_args(model, features, max_length)
     N = features.shape[0]
-    allowed = allowed_tokens(model.vocab_size, allow_unk)
-    ids = np.full((N, max_length), NULL_ID, dtype=np.int32)
-    words = np.full(N, START_ID, dtype=np.int64)
+    allowed = decodable_tokens(model.vocab_size, allow_unk)
+    ids = np.full((N, max_length), NULL, dtype=np.int32)
+    words = np.full(N, START, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
     state = model.initial_state(features)
     for t in range(max_length):
         logits, state = model.step(words, state)
         words = np.where(allowed, logits, -np.inf).argmax(axis=1)
-        words[done] = NULL_ID  # a finished caption is padded (its row is still computed: simpler, and cheap)
+        words[done] = NULL  # a finished caption is padded (its row is still computed: simpler, and cheap)
         ids[:, t] = words
-        done |= words == END_ID
+        done |= words == END
         if done.all():
             break
     return ids
@@ -101,7 +114,7 @@ def greedy(model: CaptionModel, features: np.ndarray, max_length: int = 20, allo
 
 
 def sample(
-    model: CaptionModel,
+    model: Decodable,
     features: np.ndarray,
     temperature: float = 1.0,
     rng: np.random.Generator | int | None = None,
@@ -121,8 +134,8 @@ def sample(
 
 
 def sample_from_state(
-    step: Any,
-    state: Any,
+    step: Callable[[np.ndarray, State], tuple[np.ndarray, State]],
+    state: State,
     vocab_size: int,
     temperature: float = 1.0,
     rng: np.random.Generator | int | None = None,
@@ -131,7 +144,7 @@ def sample_from_state(
 ) -> np.ndarray:
     """The sampling loop of `sample`, for any model with `logits, state = step(words, state)`: from `state`
     (a batch of N sequences, each about to read <START>) -> ids (N, max_length). The caption model starts from
-    its image; the language model of lesson 05 (minicap.language_model) starts from its caption-start state.
+    its image; the language model (minicap.models.language) starts from its caption-start state.
     """
     temperature = float(temperature)
     if not (np.isfinite(temperature) and temperature > 0.0):
@@ -140,9 +153,9 @@ def sample_from_state(
         raise ValueError(f"max_length must be an integer >= 1, got {max_length}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     N = len(state[0])
-    allowed = allowed_tokens(vocab_size, allow_unk)
-    ids = np.full((N, max_length), NULL_ID, dtype=np.int32)
-    words = np.full(N, START_ID, dtype=np.int64)
+    allowed = decodable_tokens(vocab_size, allow_unk)
+    ids = np.full((N, max_length), NULL, dtype=np.int32)
+    words = np.full(N, START, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
     for t in range(max_length):
         logits, state = step(words, state)
@@ -153,12 +166,32 @@ def sample_from_state(
         cdf = np.cumsum(probs, axis=1)
         cdf /= cdf[:, -1:]
         words = (cdf <= rng.random((N, 1))).sum(axis=1)
-        words[done] = NULL_ID
+        words[done] = NULL
         ids[:, t] = words
-        done |= words == END_ID
+        done |= words == END
         if done.all():
             break
     return ids
+
+
+def sample_language_model(
+    model: StartsCaptions,
+    num_samples: int,
+    temperature: float = 1.0,
+    rng: np.random.Generator | int | None = None,
+    max_length: int = 30,
+    allow_unk: bool = False,
+) -> np.ndarray:
+    """Captions written from nothing by a language model (minicap.models.language.LSTMLanguageModel): start at its
+    `caption_start_state` with <START>, draw every next token from softmax(scores / temperature), feed it back,
+    stop at <END> — the captioner's sampling loop (`sample_from_state`), from another starting state.
+
+    Returns (num_samples, max_length) int32: tokens up to and including <END>, then <NULL>.
+    """
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"need num_samples ≥ 1, got {num_samples}")
+    start = model.caption_start_state(int(num_samples))
+    return sample_from_state(model.step, start, model.vocab_size, temperature, rng, max_length, allow_unk)
 
 
 # --------------------------------------------------------------------------------------------------- beam search
@@ -190,7 +223,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def beam_search(
-    model: CaptionModel,
+    model: Decodable,
     features: np.ndarray,
     beam_size: int = 3,
     max_length: int = 20,
@@ -224,12 +257,12 @@ def beam_search(
         raise ValueError(f"length_penalty (alpha) must be a finite number >= 0, got {length_penalty}")
     features = _check_args(model, features, max_length)
     N, B, V = features.shape[0], int(beam_size), model.vocab_size
-    allowed = allowed_tokens(V, allow_unk)
+    allowed = decodable_tokens(V, allow_unk)
 
     state = model.initial_state(features)
-    state = RecurrentState(*(None if s is None else np.repeat(s, B, axis=0) for s in state))  # rows n·B + b
-    words = np.full(N * B, START_ID, dtype=np.int64)
-    tokens = np.full((N, B, max_length), NULL_ID, dtype=np.int32)
+    state = State(*(None if s is None else np.repeat(s, B, axis=0) for s in state))  # rows n·B + b
+    words = np.full(N * B, START, dtype=np.int64)
+    tokens = np.full((N, B, max_length), NULL, dtype=np.int32)
     scores = np.full((N, B), -np.inf)
     scores[:, 0] = 0.0
     lengths = np.zeros((N, B), dtype=np.int64)
@@ -240,7 +273,7 @@ def beam_search(
         logits, state = model.step(words, state)
         log_p = _masked_log_probs(logits, allowed).reshape(N, B, V)
         log_p[finished] = -np.inf  # a finished hypothesis continues only with <NULL>, at no cost
-        log_p[finished, NULL_ID] = 0.0
+        log_p[finished, NULL] = 0.0
         candidates = (scores[:, :, None] + log_p).reshape(N, B * V)
         best = _top_k(candidates, B)  # (N, B) indices into B·V, best first
         parent, word = best // V, best % V
@@ -249,9 +282,9 @@ def beam_search(
         tokens[:, :, t] = word  # ...and adds its word
         was_finished = finished[image, parent]
         lengths = lengths[image, parent] + ~was_finished
-        finished = was_finished | (word == END_ID)
+        finished = was_finished | (word == END)
         rows = (image * B + parent).reshape(-1)
-        state = RecurrentState(*(None if s is None else s[rows] for s in state))
+        state = State(*(None if s is None else s[rows] for s in state))
         words = word.reshape(-1)
         if finished.all():
             break
@@ -265,9 +298,7 @@ def beam_search(
 # --------------------------------------------------------------------------------------------------- scoring, text
 
 
-def caption_log_probs(
-    model: CaptionModel, features: np.ndarray, ids: np.ndarray, allow_unk: bool = False
-) -> np.ndarray:
+def caption_log_probs(model: Decodable, features: np.ndarray, ids: np.ndarray, allow_unk: bool = False) -> np.ndarray:
     """log P(caption | image) of given captions under the decoders' distribution: (N, F), (N, L) -> (N,) float64.
 
     ids as the decoders return them: tokens up to and including the first <END>, then <NULL>. The sum covers
@@ -277,24 +308,48 @@ def caption_log_probs(
     ids = np.asarray(ids)
     if ids.ndim != 2 or ids.shape[0] != features.shape[0]:
         raise ValueError(f"ids must be (N, L) with N = {features.shape[0]}, got {ids.shape}")
-    allowed = allowed_tokens(model.vocab_size, allow_unk)
+    allowed = decodable_tokens(model.vocab_size, allow_unk)
     total = np.zeros(ids.shape[0])
     active = np.ones(ids.shape[0], dtype=bool)  # still inside the caption
-    words = np.full(ids.shape[0], START_ID, dtype=np.int64)
+    words = np.full(ids.shape[0], START, dtype=np.int64)
     state = model.initial_state(features)
     for t in range(ids.shape[1]):
         target = ids[:, t].astype(np.int64)
-        active &= target != NULL_ID
+        active &= target != NULL
         if not active.any():
             break
         logits, state = model.step(words, state)
         log_p = _masked_log_probs(logits, allowed)
         total += np.where(active, log_p[np.arange(len(target)), target], 0.0)
-        active &= target != END_ID
+        active &= target != END
         words = target
     return total
 
 
-def decode_captions(ids: np.ndarray, vocab: Any) -> list[str]:
+def decode_captions(ids: np.ndarray, vocab: Vocabulary) -> list[str]:
     """(N, L) ids -> N caption strings (stops at <END>, skips <NULL>/<START>; see `Vocabulary.decode`)."""
     return [vocab.decode(row) for row in np.asarray(ids)]
+
+
+def generate_captions(
+    model: Decodable,
+    vocab: Vocabulary,
+    features: np.ndarray,
+    beam_size: int = 1,
+    max_length: int = 17,
+    allow_unk: bool = False,
+    length_penalty: float = 0.0,
+    batch_size: int = 256,
+) -> list[str]:
+    """Captions for images with features (N, F): greedy when beam_size = 1, else beam search. N strings."""
+    out: list[str] = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        if beam_size == 1:
+            ids = greedy(model, chunk, max_length=max_length, allow_unk=allow_unk)
+        else:
+            ids = beam_search(
+                model, chunk, beam_size, max_length=max_length, length_penalty=length_penalty, allow_unk=allow_unk
+            )
+        out.extend(decode_captions(ids, vocab))
+    return out

@@ -7,18 +7,19 @@ import itertools
 import numpy as np
 import pytest
 
-from minicap.data import Vocabulary
 from minicap.decode import (
-    UNK_ID,
     beam_search,
     caption_log_probs,
     decode_captions,
+    generate_captions,
     greedy,
     length_penalty_factor,
     sample,
 )
-from minicap.model import END_ID, NULL_ID, START_ID, CaptionModel
+from minicap.models import CaptionModel, State
 from minicap.nn import log_softmax
+from minicap.text import Vocabulary
+from minicap.tokens import END, NULL, START, UNK, decodable_tokens
 
 A, B = 4, 5  # the two words of the hand-built vocabulary: <NULL> <START> <END> <UNK> a b
 V_SMALL = 6
@@ -57,14 +58,14 @@ def brute_force(L: np.ndarray, max_length: int, alpha: float = 0.0) -> tuple[tup
     A caption is k < max_length words then <END>, or max_length words (cut off). Log-probabilities are over the
     allowed tokens (<END>, a, b), as the decoders define them. Returns (tokens, total log P).
     """
-    allowed = [END_ID, A, B]
+    allowed = [END, A, B]
     log_p = log_softmax(L[:, allowed], axis=1)  # (V, 3) renormalised over the allowed tokens
     col = {tok: k for k, tok in enumerate(allowed)}
     best, best_ranked, best_logp = None, -np.inf, None
-    captions = [[*words, END_ID] for k in range(max_length) for words in itertools.product([A, B], repeat=k)]
+    captions = [[*words, END] for k in range(max_length) for words in itertools.product([A, B], repeat=k)]
     captions += [list(words) for words in itertools.product([A, B], repeat=max_length)]  # cut off, no <END>
     for caption in captions:
-        prev, total = START_ID, 0.0
+        prev, total = START, 0.0
         for tok in caption:
             total += log_p[prev, col[tok]]
             prev = tok
@@ -77,15 +78,15 @@ def brute_force(L: np.ndarray, max_length: int, alpha: float = 0.0) -> tuple[tup
 def _tokens(row: np.ndarray) -> tuple[int, ...]:
     """The generated tokens of one output row (up to the first <NULL>)."""
     row = [int(t) for t in row]
-    return tuple(row[: row.index(NULL_ID)] if NULL_ID in row else row)
+    return tuple(row[: row.index(NULL)] if NULL in row else row)
 
 
 # A model where greedy decoding goes wrong: "a" is the likelier first word, but after "a" every continuation is
 # a coin toss, while "b" is almost always followed by <END>. Best caption: "b <END>" (0.4 · 0.9 = 0.36).
 GREEDY_TRAP = {
-    START_ID: {A: 0.5, B: 0.4, END_ID: 0.1},
-    A: {A: 0.34, B: 0.33, END_ID: 0.33},
-    B: {END_ID: 0.9, A: 0.05, B: 0.05},
+    START: {A: 0.5, B: 0.4, END: 0.1},
+    A: {A: 0.34, B: 0.33, END: 0.33},
+    B: {END: 0.9, A: 0.05, B: 0.05},
 }
 
 
@@ -105,7 +106,7 @@ def test_beam_search_finds_the_best_caption_that_greedy_misses():
     best, best_logp = brute_force(L, max_length)
 
     assert _tokens(greedy_ids[0]) == (A, A, A, A)  # greedy follows the likeliest first word and never ends
-    assert _tokens(beam_ids[0]) == best == (B, END_ID)
+    assert _tokens(beam_ids[0]) == best == (B, END)
     greedy_logp = caption_log_probs(model, features, greedy_ids)[0]
     assert beam_logp[0] > greedy_logp + 2.0  # log 0.36 ≈ −1.02 against log(0.5·0.34³) ≈ −3.93
     assert beam_logp[0] == pytest.approx(best_logp, abs=1e-9)
@@ -116,9 +117,9 @@ def test_beam_search_finds_the_best_caption_that_greedy_misses():
 def test_exhaustive_beam_equals_brute_force_under_length_normalisation(alpha):
     # "b <END>" is the most probable caption; longer ones are less probable in total but better per token.
     probs = {
-        START_ID: {A: 0.45, B: 0.5, END_ID: 0.05},
-        A: {A: 0.7, B: 0.05, END_ID: 0.25},
-        B: {END_ID: 0.6, A: 0.2, B: 0.2},
+        START: {A: 0.45, B: 0.5, END: 0.05},
+        A: {A: 0.7, B: 0.05, END: 0.25},
+        B: {END: 0.6, A: 0.2, B: 0.2},
     }
     model, L = bigram_model(probs)
     features = np.zeros((1, 3))
@@ -131,15 +132,15 @@ def test_exhaustive_beam_equals_brute_force_under_length_normalisation(alpha):
 
 def test_length_penalty_changes_the_answer_towards_longer_captions():
     probs = {
-        START_ID: {A: 0.45, B: 0.5, END_ID: 0.05},
-        A: {A: 0.7, B: 0.05, END_ID: 0.25},
-        B: {END_ID: 0.6, A: 0.2, B: 0.2},
+        START: {A: 0.45, B: 0.5, END: 0.05},
+        A: {A: 0.7, B: 0.05, END: 0.25},
+        B: {END: 0.6, A: 0.2, B: 0.2},
     }
     model, _ = bigram_model(probs)
     features = np.zeros((1, 3))
     plain = _tokens(beam_search(model, features, beam_size=8, max_length=6, length_penalty=0.0)[0])
     normalised = _tokens(beam_search(model, features, beam_size=8, max_length=6, length_penalty=3.0)[0])
-    assert plain == (B, END_ID)
+    assert plain == (B, END)
     assert len(normalised) > len(plain)
     assert length_penalty_factor(np.array([1, 4]), 0.0).tolist() == [1.0, 1.0]
     assert length_penalty_factor(np.array(7), 1.0) == pytest.approx(2.0)  # ((5 + 7) / 6)^1
@@ -172,39 +173,39 @@ def test_outputs_have_fixed_shape_and_pad_after_end(rng):
     ):
         assert ids.shape == (20, 7) and ids.dtype == np.int32
         for row in ids:
-            ends = np.flatnonzero(row == END_ID)
+            ends = np.flatnonzero(row == END)
             if ends.size:  # everything after the first <END> is <NULL>, and nothing before it is
-                assert np.all(row[ends[0] + 1 :] == NULL_ID)
-                assert np.all(row[: ends[0]] != NULL_ID)
+                assert np.all(row[ends[0] + 1 :] == NULL)
+                assert np.all(row[: ends[0]] != NULL)
             else:
-                assert np.all(row != NULL_ID)  # cut off at max_length: all words
-            assert not np.any(row == START_ID)
+                assert np.all(row != NULL)  # cut off at max_length: all words
+            assert not np.any(row == START)
 
 
 def test_unk_is_never_emitted_by_default_even_when_it_is_the_likeliest_token(rng):
     model = random_model("lstm")
-    model.params["b_vocab"][UNK_ID] = 50.0  # <UNK> dominates every step
+    model.params["b_vocab"][UNK] = 50.0  # <UNK> dominates every step
     features = rng.standard_normal((10, 6))
     for ids in (
         greedy(model, features, 6),
         sample(model, features, temperature=2.0, rng=1, max_length=6),
         beam_search(model, features, beam_size=3, max_length=6),
     ):
-        assert not np.any(ids == UNK_ID)
-    assert np.all(greedy(model, features, 6, allow_unk=True) == UNK_ID)
-    assert np.all(beam_search(model, features, 2, 6, allow_unk=True) == UNK_ID)
+        assert not np.any(ids == UNK)
+    assert np.all(greedy(model, features, 6, allow_unk=True) == UNK)
+    assert np.all(beam_search(model, features, 2, 6, allow_unk=True) == UNK)
 
 
 def test_null_and_start_are_never_emitted_even_when_likeliest(rng):
     model = random_model("rnn")
-    model.params["b_vocab"][[NULL_ID, START_ID]] = 50.0
+    model.params["b_vocab"][[NULL, START]] = 50.0
     features = rng.standard_normal((10, 6))
     ids = sample(model, features, temperature=1.0, rng=0, max_length=6)
-    assert not np.any(ids == START_ID)
+    assert not np.any(ids == START)
     for row in ids:  # <NULL> only as padding after <END>
         generated = _tokens(row)
-        assert NULL_ID not in generated and (len(generated) == 6 or generated[-1] == END_ID)
-    assert not np.any(greedy(model, features, 6) == START_ID)
+        assert NULL not in generated and (len(generated) == 6 or generated[-1] == END)
+    assert not np.any(greedy(model, features, 6) == START)
 
 
 def test_sampling_follows_the_model_distribution():
@@ -213,12 +214,12 @@ def test_sampling_follows_the_model_distribution():
     first = sample(model, features, temperature=1.0, rng=7, max_length=1)[:, 0]
     freq = np.bincount(first, minlength=V_SMALL) / len(first)
     # Sampling std of a frequency near 0.5 with 20000 draws is 0.0035; 0.02 is over 5 standard deviations.
-    np.testing.assert_allclose(freq[[END_ID, A, B]], [0.1, 0.5, 0.4], atol=0.02)
+    np.testing.assert_allclose(freq[[END, A, B]], [0.1, 0.5, 0.4], atol=0.02)
     # Temperature 2 flattens: p ∝ p^(1/2).
     hot = sample(model, features, temperature=2.0, rng=7, max_length=1)[:, 0]
     expected = np.sqrt([0.1, 0.5, 0.4])
     np.testing.assert_allclose(
-        np.bincount(hot, minlength=V_SMALL)[[END_ID, A, B]] / 20000, expected / expected.sum(), atol=0.02
+        np.bincount(hot, minlength=V_SMALL)[[END, A, B]] / 20000, expected / expected.sum(), atol=0.02
     )
 
 
@@ -259,7 +260,7 @@ def test_decode_captions_turns_ids_into_text():
     idx = vocab.word_to_idx
     ids = np.array(
         [
-            [idx["a"], idx["dog"], idx["runs"], END_ID, NULL_ID],
+            [idx["a"], idx["dog"], idx["runs"], END, NULL],
             [idx["a"], idx["man"], idx["'s"], idx["dog"], idx["dog"]],
         ]
     )
@@ -278,3 +279,64 @@ def test_top_k_matches_a_full_stable_sort(rng):
         np.testing.assert_array_equal(ranked, -np.sort(-scores, axis=1)[:, :k])  # the k best values
         assert np.all(np.diff(top, axis=1)[np.diff(ranked, axis=1) == 0] > 0)  # equal scores: lower index first
     np.testing.assert_array_equal(_top_k(scores, 1)[:, 0], scores.argmax(axis=1))
+
+
+def test_decodable_tokens_are_the_words_and_end():
+    allowed = decodable_tokens(V_SMALL)
+    assert allowed.tolist() == [False, False, True, False, True, True]  # <NULL> <START> <END> <UNK> a b
+    assert decodable_tokens(V_SMALL, allow_unk=True).tolist() == [False, False, True, True, True, True]
+    with pytest.raises(ValueError, match="special tokens"):
+        decodable_tokens(3)
+
+
+class TableModel:
+    """Not a CaptionModel: any object with `vocab_size`, `initial_state` and `step` over `State` can be decoded.
+
+    Its state h is the last token read as a one-hot row (zeros before the first; c = None, as for a vanilla RNN),
+    and the next-token logits are read from the new state: logits = h @ L = L[prev].
+    """
+
+    def __init__(self, L: np.ndarray) -> None:
+        self.L, self.vocab_size = L, L.shape[0]
+
+    def initial_state(self, features: np.ndarray) -> State:
+        return State(np.zeros((len(features), self.vocab_size)), None)
+
+    def step(self, words: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        assert state.c is None and state.h.shape == (len(words), self.vocab_size)
+        h = np.eye(self.vocab_size)[words]
+        return h @ self.L, State(h, None)
+
+
+def test_decoders_need_only_the_state_contract():
+    model, L = bigram_model(GREEDY_TRAP)
+    table = TableModel(L)
+    features = np.zeros((2, 3))
+    for decode in (
+        lambda m: greedy(m, features, max_length=4),
+        lambda m: beam_search(m, features, beam_size=2, max_length=4),
+        lambda m: sample(m, features, temperature=1.0, rng=3, max_length=4),
+    ):
+        np.testing.assert_array_equal(decode(table), decode(model))
+    assert _tokens(beam_search(table, features, beam_size=2, max_length=4)[0]) == (B, END)
+    np.testing.assert_allclose(
+        caption_log_probs(table, features, greedy(table, features, 4)),
+        caption_log_probs(model, features, greedy(model, features, 4)),
+        atol=1e-9,
+    )
+
+
+def test_generate_captions_is_greedy_or_beam_search_in_batches(rng):
+    vocab = Vocabulary.from_captions(["a b c d e f g h i j k"])  # 4 specials + 11 words = V 15
+    model = random_model("lstm", V=len(vocab), seed=2)
+    features = rng.standard_normal((7, 6))
+    greedy_text = decode_captions(greedy(model, features, max_length=6), vocab)
+    beam_text = decode_captions(beam_search(model, features, 3, max_length=6, length_penalty=0.5), vocab)
+    assert generate_captions(model, vocab, features, 1, 6) == greedy_text
+    assert generate_captions(model, vocab, features, 3, 6, length_penalty=0.5) == beam_text
+    assert generate_captions(model, vocab, features, 3, 6, length_penalty=0.5, batch_size=2) == beam_text
+    assert generate_captions(model, vocab, features, 1, 6, batch_size=3) == greedy_text
+    assert generate_captions(model, vocab, features[:0], 3, 6) == []
+    model.params["b_vocab"][UNK] = 50.0
+    assert "<UNK>" not in " ".join(generate_captions(model, vocab, features, 3, 6))
+    assert set(" ".join(generate_captions(model, vocab, features, 1, 6, allow_unk=True)).split()) == {"<UNK>"}

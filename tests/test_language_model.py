@@ -9,26 +9,24 @@ import numpy as np
 import pytest
 
 from minicap import nn
+from minicap.decode import sample_language_model
 from minicap.gradcheck import NORM_REL, REFERENCE_DTYPE, SEQUENCE_MAX_REL, compare, numerical_gradient
-from minicap.language_model import (
-    SMOOTHINGS,
-    UNK_ID,
-    BigramModel,
-    CorpusScore,
-    LSTMLanguageModel,
-    UnigramModel,
-    bigram_pairs,
-    caption_stream,
-    perplexity,
-    stream_chunks,
-)
-from minicap.model import END_ID, NULL_ID, START_ID
+from minicap.models import LSTMLanguageModel, State
+from minicap.models.language import CorpusScore, bigram_pairs, caption_stream, perplexity, stream_chunks
+from minicap.models.ngram import SMOOTHINGS, BigramModel, UnigramModel
+from minicap.tokens import END, NULL, START, UNK
 
 V_SMALL = 11
 
 
-def _model(dtype=np.float64, **kw) -> LSTMLanguageModel:
-    return LSTMLanguageModel(vocab_size=V_SMALL, wordvec_size=4, hidden_size=5, dtype=dtype, seed=3, **kw)
+def _model(dtype=np.float64, fast=True, **kw) -> LSTMLanguageModel:
+    model = LSTMLanguageModel(vocab_size=V_SMALL, wordvec_size=4, hidden_size=5, dtype=dtype, seed=3, **kw)
+    model.fast = fast
+    return model
+
+
+# model.fast: True runs minicap.nn.fast, False the readable loops of minicap.nn; every property holds for both.
+FAST = pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 
 
 def _chunk(seed: int, N: int = 3, T: int = 6):
@@ -46,15 +44,16 @@ def _chunk(seed: int, N: int = 3, T: int = 6):
 # ------------------------------------------------------------------------------------------- gradients
 
 
+@FAST
 @pytest.mark.parametrize("with_state", [True, False])
-def test_lstm_language_model_gradients(with_state):
+def test_lstm_language_model_gradients(with_state, fast):
     """Every parameter's analytic gradient (float64) against centred differences in extended precision."""
     words_in, targets, mask, h0, c0 = _chunk(0)
     if not with_state:
         h0 = c0 = None  # zero state, every target counted
         mask = None
-    model = _model(word_counts=np.arange(V_SMALL) + 1.0)
-    _, grads, _ = model.loss(words_in, targets, mask, h0, c0)
+    model = _model(word_counts=np.arange(V_SMALL) + 1.0, fast=fast)
+    _, grads = model.loss(words_in, targets, mask, h0, c0)
     reference = LSTMLanguageModel.from_config({**model.config, "dtype": REFERENCE_DTYPE.name}, model.params)
     h0_ref = None if h0 is None else h0.astype(REFERENCE_DTYPE)
     c0_ref = None if c0 is None else c0.astype(REFERENCE_DTYPE)
@@ -68,29 +67,55 @@ def test_lstm_language_model_gradients(with_state):
         assert grads[name].dtype == np.float64
 
 
-def test_loss_is_the_mean_per_counted_token_and_masked_targets_change_nothing(rng):
+@FAST
+def test_loss_is_the_mean_per_counted_token_and_masked_targets_change_nothing(rng, fast):
     words_in, targets, mask, h0, c0 = _chunk(1)
-    model = _model()
-    loss, grads, _ = model.loss(words_in, targets, mask, h0, c0)
+    model = _model(fast=fast)
+    loss, grads = model.loss(words_in, targets, mask, h0, c0)
     score, _ = model.log_likelihood(words_in, targets, mask, h0, c0)
     assert score.num_tokens == mask.sum()
     assert loss == pytest.approx(-score.log_prob / score.num_tokens, rel=1e-12)
     assert math.exp(loss) == pytest.approx(score.perplexity, rel=1e-12)
     scrambled = targets.copy()
     scrambled[~mask] = rng.integers(0, V_SMALL, size=(~mask).sum())
-    loss2, grads2, _ = model.loss(words_in, scrambled, mask, h0, c0)
+    loss2, grads2 = model.loss(words_in, scrambled, mask, h0, c0)
     assert loss2 == loss
     for name in grads:
         np.testing.assert_array_equal(grads2[name], grads[name], err_msg=name)
 
 
+@FAST
+def test_loss_is_loss_and_state_without_the_state(fast):
+    """The contract's loss(...) -> (loss, grads); loss_and_state adds the final State, the one log_likelihood
+    and a step-by-step run reach."""
+    words_in, targets, mask, h0, c0 = _chunk(6)
+    model = _model(fast=fast)
+    loss, grads = model.loss(words_in, targets, mask, h0, c0)
+    loss2, grads2, state = model.loss_and_state(words_in, targets, mask, h0, c0)
+    assert loss2 == loss and set(grads2) == set(grads) == set(model.params)
+    for name in grads:
+        np.testing.assert_array_equal(grads2[name], grads[name], err_msg=name)
+    assert isinstance(state, State)
+    _, state_ll = model.log_likelihood(words_in, targets, mask, h0, c0)
+    np.testing.assert_array_equal(state.h, state_ll.h)
+    np.testing.assert_array_equal(state.c, state_ll.c)
+    stepped = State(h0, c0)
+    for t in range(words_in.shape[1]):
+        _, stepped = model.step(words_in[:, t], stepped)
+    np.testing.assert_allclose(state.h, stepped.h, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(state.c, stepped.c, rtol=0, atol=1e-14)
+    no_grad_loss, no_grads, _ = model.loss_and_state(words_in, targets, mask, h0, c0, backward=False)
+    assert no_grad_loss == loss and no_grads == {}
+
+
 # ------------------------------------------------------------------------------------- truncated BPTT
 
 
-def test_carrying_the_state_across_chunks_reproduces_the_whole_sequence():
+@FAST
+def test_carrying_the_state_across_chunks_reproduces_the_whole_sequence(fast):
     """Forward: chunks with (h, c) carried give exactly the values of one pass over the whole sequence."""
     words_in, targets, mask, _, _ = _chunk(2, N=2, T=12)
-    model = _model()
+    model = _model(fast=fast)
     whole, whole_state = model.log_likelihood(words_in, targets, mask)
     total, count, state = 0.0, 0, model.initial_state(2)
     for a, b in ((0, 5), (5, 10), (10, 12)):
@@ -109,11 +134,12 @@ def test_carrying_the_state_across_chunks_reproduces_the_whole_sequence():
     assert abs(cold.log_prob - warm.log_prob) > 1e-6
 
 
-def test_chunked_training_gradients_are_the_libraries_truncated_bptt():
+@FAST
+def test_chunked_training_gradients_are_the_libraries_truncated_bptt(fast):
     """Σ over chunks of the chunk gradients = the gradient of nn.lstm_forward_truncated / lstm_backward_truncated
     (gradient stopped at every chunk boundary) — and differs from full BPTT, which the truncation approximates."""
     words_in, targets, mask, _, _ = _chunk(3, N=2, T=9)
-    model = _model()
+    model = _model(fast=fast)
     p = model.params
     chunk = 4
 
@@ -121,7 +147,7 @@ def test_chunked_training_gradients_are_the_libraries_truncated_bptt():
     state = model.initial_state(2)
     for a in range(0, 9, chunk):
         sl = slice(a, a + chunk)
-        loss, grads, state = model.loss(words_in[:, sl], targets[:, sl], mask[:, sl], state.h, state.c)
+        loss, grads, state = model.loss_and_state(words_in[:, sl], targets[:, sl], mask[:, sl], state.h, state.c)
         K = int(mask[:, sl].sum())
         for k in summed:
             summed[k] += grads[k] * K  # undo the per-chunk mean: Σ of log-losses over every counted token
@@ -148,10 +174,10 @@ def test_chunked_training_gradients_are_the_libraries_truncated_bptt():
 def test_stream_chunks_continue_each_row_and_mask_the_given_start():
     captions = np.array(
         [
-            [START_ID, 4, 5, END_ID, NULL_ID, NULL_ID],
-            [START_ID, 6, END_ID, NULL_ID, NULL_ID, NULL_ID],
-            [START_ID, 7, 8, 9, 10, END_ID],
-            [START_ID, 4, END_ID, NULL_ID, NULL_ID, NULL_ID],
+            [START, 4, 5, END, NULL, NULL],
+            [START, 6, END, NULL, NULL, NULL],
+            [START, 7, 8, 9, 10, END],
+            [START, 4, END, NULL, NULL, NULL],
         ]
     )
     stream = caption_stream(captions)
@@ -163,10 +189,10 @@ def test_stream_chunks_continue_each_row_and_mask_the_given_start():
     assert [c.words_in.shape[1] for c in chunks] == [3, 3, 1]  # row length (16 − 1) // 2 = 7
     np.testing.assert_array_equal(inputs, [stream[0:7], stream[7:14]])  # each row a contiguous piece
     np.testing.assert_array_equal(targets, [stream[1:8], stream[8:15]])  # the next token of the stream
-    np.testing.assert_array_equal(mask, targets != START_ID)
+    np.testing.assert_array_equal(mask, targets != START)
     # Counted targets are the words and <END>s: the tokens the n-gram models are scored on, minus what the
     # tail that fills no row dropped (stream[15], an <END>).
-    assert mask.sum() + (stream[15:] != START_ID).sum() == bigram_pairs(captions)[1].size
+    assert mask.sum() + (stream[15:] != START).sum() == bigram_pairs(captions)[1].size
     with pytest.raises(ValueError, match="too short"):
         list(stream_chunks(stream[:2], batch_size=4, chunk_size=3))
 
@@ -175,8 +201,8 @@ def test_stream_chunks_continue_each_row_and_mask_the_given_start():
 
 # A toy corpus with words a = 4, b = 5 (V = 6): every probability below is worked out by hand.
 A, B = 4, 5
-TOY_TRAIN = np.array([[START_ID, A, B, END_ID], [START_ID, A, END_ID, NULL_ID], [START_ID, B, END_ID, NULL_ID]])
-TOY_TEST = np.array([[START_ID, A, END_ID, NULL_ID]])
+TOY_TRAIN = np.array([[START, A, B, END], [START, A, END, NULL], [START, B, END, NULL]])
+TOY_TEST = np.array([[START, A, END, NULL]])
 
 
 def test_unigram_by_hand():
@@ -193,10 +219,10 @@ def test_interpolated_bigram_by_hand():
     # pairs (S,a)×2 (S,b) (a,b) (a,E) (b,E)×2: c(S) = 3, c(a) = 2, c(b) = 2
     # λ = 1/2: P(a|S) = ½·2/3 + ½·3/11 = 31/66,  P(E|a) = ½·1/2 + ½·4/11 = 19/44
     bi = BigramModel.fit(TOY_TRAIN, vocab_size=6, smoothing="interpolated", weight=0.5)
-    np.testing.assert_allclose(bi.prob(np.array([START_ID, A]), np.array([A, END_ID])), [31 / 66, 19 / 44], rtol=1e-14)
+    np.testing.assert_allclose(bi.prob(np.array([START, A]), np.array([A, END])), [31 / 66, 19 / 44], rtol=1e-14)
     assert bi.score(TOY_TEST).perplexity == pytest.approx(math.sqrt(66 / 31 * 44 / 19), rel=1e-12)
     # A context never seen in training (<END> is never followed by anything) falls back to the unigram.
-    np.testing.assert_allclose(bi.next_word_probs(np.array([END_ID]))[0], bi.unigram.probs, rtol=1e-15)
+    np.testing.assert_allclose(bi.next_word_probs(np.array([END]))[0], bi.unigram.probs, rtol=1e-15)
 
 
 def test_kneser_ney_bigram_by_hand():
@@ -204,9 +230,9 @@ def test_kneser_ney_bigram_by_hand():
     # P(a|S) = (2 − ½)/3 + ½·2/3·2/9 = 31/54,  P(E|a) = (1 − ½)/2 + ½·2/2·3/9 = 5/12
     kn = BigramModel.fit(TOY_TRAIN, vocab_size=6, smoothing="kneser_ney", weight=0.5)
     np.testing.assert_allclose(kn.continuation, [0, 0, 3 / 9, 1 / 9, 2 / 9, 3 / 9], rtol=1e-15)
-    np.testing.assert_allclose(kn.prob(np.array([START_ID, A]), np.array([A, END_ID])), [31 / 54, 5 / 12], rtol=1e-14)
+    np.testing.assert_allclose(kn.prob(np.array([START, A]), np.array([A, END])), [31 / 54, 5 / 12], rtol=1e-14)
     assert kn.score(TOY_TEST).perplexity == pytest.approx(math.sqrt(54 / 31 * 12 / 5), rel=1e-12)
-    np.testing.assert_allclose(kn.next_word_probs(np.array([END_ID]))[0], kn.continuation, rtol=1e-15)
+    np.testing.assert_allclose(kn.next_word_probs(np.array([END]))[0], kn.continuation, rtol=1e-15)
 
 
 @pytest.mark.parametrize("smoothing", SMOOTHINGS)
@@ -216,12 +242,12 @@ def test_every_bigram_distribution_sums_to_one(smoothing, weight, rng):
     captions = np.zeros((200, 9), dtype=np.int64)
     for row in captions:
         k = rng.integers(1, 7)
-        row[0], row[k + 1] = START_ID, END_ID
+        row[0], row[k + 1] = START, END
         row[1 : k + 1] = rng.zipf(1.5, size=k).clip(max=V - 3) + 2  # ids 3 … V−1: <UNK> (3) and words, many rare
     bi = BigramModel.fit(captions, V, smoothing, weight)
     probs = bi.next_word_probs(np.arange(V))  # every context, seen or not
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
-    assert np.all(probs[:, [NULL_ID, START_ID]] == 0.0)
+    assert np.all(probs[:, [NULL, START]] == 0.0)
     assert np.all(probs[:, 2:] > 0.0)  # smoothing: no predictable token has probability 0
     np.testing.assert_allclose(bi.unigram.probs.sum(), 1.0, rtol=0, atol=1e-12)
     # The pair-wise formula and the row-wise one agree.
@@ -262,14 +288,14 @@ def test_lstm_score_reads_each_caption_on_its_own():
     captions = np.zeros((7, 8), dtype=np.int64)
     for row in captions:
         k = rng.integers(1, 6)
-        row[0], row[1 : k + 1], row[k + 1] = START_ID, rng.integers(3, V_SMALL, size=k), END_ID
+        row[0], row[1 : k + 1], row[k + 1] = START, rng.integers(3, V_SMALL, size=k), END
     for from_zeros in (False, True):
         batched = model.score(captions, batch_size=3, from_zeros=from_zeros)
         assert batched.num_tokens == bigram_pairs(captions)[1].size
         start = model.initial_state(1) if from_zeros else model.caption_start_state(1)
         one_by_one = 0.0
         for row in captions:
-            k = int(np.flatnonzero(row == END_ID)[0])
+            k = int(np.flatnonzero(row == END)[0])
             one_by_one += model.log_likelihood(row[None, :k], row[None, 1 : k + 1], None, *start)[0].log_prob
         assert batched.log_prob == pytest.approx(one_by_one, rel=1e-12)
 
@@ -278,7 +304,7 @@ def test_a_caption_on_its_own_starts_where_the_stream_starts_captions():
     """caption_start_state = zeros after reading one <END>, as every <START> follows an <END> in the stream."""
     model = _model()
     start = model.caption_start_state(2)
-    _, after_end = model.log_likelihood(np.full((2, 1), END_ID), np.full((2, 1), START_ID))
+    _, after_end = model.log_likelihood(np.full((2, 1), END), np.full((2, 1), START))
     np.testing.assert_allclose(start.h, after_end.h, rtol=0, atol=1e-15)
     np.testing.assert_allclose(start.c, after_end.c, rtol=0, atol=1e-15)
     assert np.all(start.h[0] == start.h[1]) and np.any(start.h != 0.0)  # the same for every caption, not zeros
@@ -286,26 +312,26 @@ def test_a_caption_on_its_own_starts_where_the_stream_starts_captions():
 
 def test_samples_are_well_formed_and_reproducible():
     model = _model(dtype=np.float32)
-    a = model.sample(50, temperature=1.0, rng=7, max_length=12)
-    b = model.sample(50, temperature=1.0, rng=7, max_length=12)
+    a = sample_language_model(model, 50, temperature=1.0, rng=7, max_length=12)
+    b = sample_language_model(model, 50, temperature=1.0, rng=7, max_length=12)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (50, 12) and a.dtype == np.int32
-    assert not np.isin(a, [START_ID, UNK_ID]).any()
+    assert not np.isin(a, [START, UNK]).any()
     for row in a:
-        ends = np.flatnonzero(row == END_ID)
+        ends = np.flatnonzero(row == END)
         stop = ends[0] + 1 if ends.size else 12
-        assert np.all(row[:stop] != NULL_ID) and np.all(row[stop:] == NULL_ID)
+        assert np.all(row[:stop] != NULL) and np.all(row[stop:] == NULL)
 
 
 def test_a_cold_temperature_approaches_the_most_likely_word():
     model = _model()
-    cold = model.sample(5, temperature=1e-4, rng=0, max_length=6)
-    state, words = model.caption_start_state(5), np.full(5, START_ID)
+    cold = sample_language_model(model, 5, temperature=1e-4, rng=0, max_length=6)
+    state, words = model.caption_start_state(5), np.full(5, START)
     for t in range(6):
         scores, state = model.step(words, state)
-        scores[:, [NULL_ID, START_ID, UNK_ID]] = -np.inf
+        scores[:, [NULL, START, UNK]] = -np.inf
         words = scores.argmax(axis=1)
-        alive = (cold[:, :t] != END_ID).all(axis=1)
+        alive = (cold[:, :t] != END).all(axis=1)
         np.testing.assert_array_equal(cold[alive, t], words[alive])
 
 
@@ -321,9 +347,9 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"\[0, 11\)"):
         model.loss(words_in, targets + V_SMALL)
     with pytest.raises(ValueError, match="<START>"):
-        model.score(np.array([[4, 5, END_ID]]))
+        model.score(np.array([[4, 5, END]]))
     with pytest.raises(ValueError, match="temperature"):
-        model.sample(2, temperature=0.0)
+        sample_language_model(model, 2, temperature=0.0)
     with pytest.raises(ValueError, match="word_counts"):
         _model(word_counts=np.ones(3))
     with pytest.raises(ValueError, match="missing"):

@@ -1,4 +1,5 @@
-"""The adding problem, SequenceRegressor (gradients, state-gradient norms, diagnostics) and mse_loss.
+"""The adding problem (function and Dataset), SequenceRegressor (gradients, the step contract, state-gradient
+norms, diagnostics) and mse_loss. Training it with the one loop, minicap.train.Trainer: test_trainer.py.
 
 Gradient checks use the thresholds of minicap.gradcheck: float64 analytic gradients against an extended-precision
 numerical reference, max elementwise relative error ≤ SEQUENCE_MAX_REL and norm-relative error ≤ NORM_REL.
@@ -10,9 +11,20 @@ import numpy as np
 import pytest
 
 from minicap import nn
+from minicap.dataset import Dataset
 from minicap.gradcheck import NORM_REL, REFERENCE_DTYPE, SEQUENCE_MAX_REL, compare, numerical_gradient
-from minicap.optim import Adam, clip_grad_norm
-from minicap.sequence_tasks import ADDING_BASELINE_MSE, INITS, SequenceRegressor, adding_problem, fit_decay_factor
+from minicap.models import SequenceModel, State
+from minicap.models.regressor import (
+    ADDING_BASELINE_MSE,
+    INITS,
+    AddingProblem,
+    SequenceRegressor,
+    adding_problem,
+    fit_decay_factor,
+)
+
+# model.fast: True runs minicap.nn.fast, False the readable loops of minicap.nn; every property holds for both.
+FAST = pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 
 # ------------------------------------------------------------------------------------------------- mse_loss
 
@@ -72,14 +84,40 @@ def test_adding_problem_is_deterministic_and_checks_arguments():
         adding_problem(0, 8, np.random.default_rng(0))
 
 
+def test_adding_problem_dataset_draws_fresh_reproducible_batches():
+    """AddingProblem: one "epoch" = `batches_per_epoch` keys (seeds) drawn from the Trainer's generator; each key
+    names a fresh batch, the same key always the same batch."""
+    data = AddingProblem(T=7, batches_per_epoch=3)
+    assert isinstance(data, Dataset)
+    keys = data.epoch(np.random.default_rng(4), batch_size=5)
+    assert len(keys) == 3 == data.batches_per_epoch(5) and len(data) == 15  # examples per epoch
+    assert keys == data.epoch(np.random.default_rng(4), batch_size=5)  # the same generator state, the same batches
+    batches = [data.batch(key) for key in keys]
+    for (x, y), key in zip(batches, keys, strict=True):
+        assert x.shape == (5, 7, 2) and y.shape == (5,)
+        x2, y2 = data.batch(key)
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_allclose(y, (x[:, :, 0] * x[:, :, 1]).sum(axis=1), rtol=1e-6)
+    assert not np.array_equal(batches[0][0], batches[1][0])  # fresh data every step
+    assert data.epoch(np.random.default_rng(5), 5) != keys
+    assert data.fingerprint() is None  # drawn fresh: nothing to sum up
+    with pytest.raises(ValueError, match="T >= 2"):
+        AddingProblem(T=1, batches_per_epoch=3)
+    with pytest.raises(ValueError, match="batches_per_epoch >= 1"):
+        AddingProblem(T=5, batches_per_epoch=0)
+
+
 # --------------------------------------------------------------------------------------- SequenceRegressor
 
 
+@FAST
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
 @pytest.mark.parametrize("init", INITS)
-def test_regressor_gradients(cell, init):
+def test_regressor_gradients(cell, init, fast):
     x, y = adding_problem(3, 6, np.random.default_rng(1), dtype=np.float64)
     model = SequenceRegressor(hidden_size=4, cell=cell, init=init, dtype=np.float64, seed=2)
+    model.fast = fast
     model.params["b"] += np.random.default_rng(3).standard_normal(model.params["b"].shape) * 0.3  # not just zeros
     model.params["b_out"] += 0.2
     _, grads = model.loss(x, y)
@@ -92,8 +130,10 @@ def test_regressor_gradients(cell, init):
         assert result.max_rel <= SEQUENCE_MAX_REL and result.norm_rel <= NORM_REL, result.line()
 
 
-def test_regressor_dtype_shapes_and_errors():
+@FAST
+def test_regressor_dtype_shapes_and_errors(fast):
     model = SequenceRegressor(hidden_size=8, cell="lstm")
+    model.fast = fast
     x, y = adding_problem(4, 5, np.random.default_rng(0), dtype=np.float64)
     loss, grads = model.loss(x, y)  # float64 data into a float32 model: cast once, computed in float32
     assert np.asarray(loss).dtype == np.float32
@@ -123,6 +163,30 @@ def test_config_round_trip_and_seeded_init():
     assert not np.array_equal(other_seed.params["Wh"], model.params["Wh"])
     with pytest.raises(ValueError, match="missing"):
         SequenceRegressor.from_config(model.config, {"Wx": model.params["Wx"]})
+    with pytest.raises(ValueError, match="no constants"):
+        SequenceRegressor.from_config(model.config, model.params, {"mean": np.zeros(2)})
+    assert isinstance(model, SequenceModel) and model.constants == {}
+
+
+@FAST
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_steps_reproduce_predict_and_loss(cell, fast):
+    """The model contract: initial_state(N) then step(x_t, state) once per input step ends with the prediction
+    `predict` and `loss` compute over the whole sequence."""
+    x, y = adding_problem(4, 9, np.random.default_rng(7), dtype=np.float64)
+    model = SequenceRegressor(hidden_size=6, cell=cell, init="xavier", dtype=np.float64, seed=3)
+    model.fast = fast
+    state = model.initial_state(4)
+    assert isinstance(state, State) and state.h.shape == (4, 6) and np.all(state.h == 0.0)
+    assert (state.c is None) == (cell == "rnn")
+    for t in range(x.shape[1]):
+        pred, state = model.step(x[:, t], state)
+        assert pred.shape == (4,)
+    np.testing.assert_allclose(pred, model.predict(x), rtol=0, atol=1e-14)
+    loss, grads = model.loss(x, y)
+    assert loss == pytest.approx(np.mean((pred - y) ** 2), rel=1e-12)
+    loss_only, no_grads = model.loss(x, y, backward=False)
+    assert loss_only == loss and no_grads == {} and set(grads) == set(model.params)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])
@@ -209,17 +273,3 @@ def test_fit_decay_factor_recovers_a_geometric_decay():
     assert fit_decay_factor(0.5**k, floor=1e-10) == pytest.approx(0.5, rel=1e-12)
     with pytest.raises(ValueError, match="fewer than 2"):
         fit_decay_factor(np.zeros(20))
-
-
-def test_lstm_learns_a_short_adding_problem():
-    """A few hundred Adam steps on T = 10 take the LSTM far below the 1/6 baseline (the lesson does T ≥ 50)."""
-    rng = np.random.default_rng(0)
-    model = SequenceRegressor(hidden_size=16, cell="lstm", seed=0)
-    opt = Adam(lr=1e-2)
-    for _ in range(300):
-        x, y = adding_problem(32, 10, rng)
-        _, grads = model.loss(x, y)
-        clip_grad_norm(grads, 1.0)
-        opt.step(model.params, grads)
-    x_test, y_test = adding_problem(1000, 10, np.random.default_rng(99))
-    assert model.mse(x_test, y_test) < 0.3 * ADDING_BASELINE_MSE

@@ -29,12 +29,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from minicap import nn
-from minicap.model import load_params
+from minicap.dataset import Dataset
+from minicap.models.base import SequenceModel, State
 
 __all__ = [
     "adding_problem",
+    "AddingProblem",
     "ADDING_BASELINE_MSE",
     "INITS",
     "SequenceRegressor",
@@ -51,7 +54,9 @@ INITS = ("uniform", "xavier", "orthogonal")
 # ----------------------------------------------------------------------------------------- the adding problem
 
 
-def adding_problem(n: int, T: int, rng: np.random.Generator, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+def adding_problem(
+    n: int, T: int, rng: np.random.Generator, dtype: npt.DTypeLike = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """n sequences of the adding problem, each T steps long.
 
     Returns x: (n, T, 2) — channel 0 values ~ U[0, 1], channel 1 the marker (exactly one 1 in steps [0, T//2)
@@ -71,6 +76,38 @@ def adding_problem(n: int, T: int, rng: np.random.Generator, dtype: Any = np.flo
     x[rows, second, 1] = 1.0
     y = (values[rows, first] + values[rows, second]).astype(dtype)
     return x, y
+
+
+class AddingProblem(Dataset):
+    """The adding problem as training data for `minicap.train.Trainer`: fresh sequences for every update.
+
+    One "epoch" is `batches_per_epoch` updates, each on `batch_size` new sequences of length T, drawn from seeds
+    that the Trainer's generator picks, so the same TrainConfig.seed gives the same batches (two optimisers can be
+    compared on identical data) and a resumed run continues with the same ones. Validation, early stopping and
+    `stop_when` happen after every epoch: choose `batches_per_epoch` as "evaluate every k updates".
+    """
+
+    def __init__(self, T: int, batches_per_epoch: int) -> None:
+        if T < 2 or batches_per_epoch < 1:
+            raise ValueError(
+                f"need T >= 2 and batches_per_epoch >= 1, got T={T}, batches_per_epoch={batches_per_epoch}"
+            )
+        self.T, self.steps = int(T), int(batches_per_epoch)
+        self._batch_size = 1
+
+    def __len__(self) -> int:
+        return self.steps * self._batch_size
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return self.steps
+
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> list[tuple[int, int]]:
+        self._batch_size = batch_size
+        return [(int(seed), batch_size) for seed in rng.integers(0, 2**63, size=self.steps)]
+
+    def batch(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        seed, size = key
+        return adding_problem(size, self.T, np.random.default_rng(seed))
 
 
 # ---------------------------------------------------------------------------------------------- the regressor
@@ -98,7 +135,7 @@ class Trajectory(NamedTuple):
     f: np.ndarray | None
 
 
-class SequenceRegressor:
+class SequenceRegressor(SequenceModel):
     """An LSTM or tanh RNN over a sequence, an affine readout of its last hidden state, and the MSE loss.
 
     Parameters
@@ -127,7 +164,7 @@ class SequenceRegressor:
         cell: str = "lstm",
         init: str = "uniform",
         forget_bias: float = 1.0,
-        dtype: Any = np.float32,
+        dtype: npt.DTypeLike = np.float32,
         seed: int = 0,
     ) -> None:
         if cell not in ("lstm", "rnn"):
@@ -179,7 +216,6 @@ class SequenceRegressor:
 
     @property
     def config(self) -> dict[str, Any]:
-        """Everything needed to rebuild the model (JSON-able); the parameters travel separately."""
         return {
             "input_size": self.input_size,
             "hidden_size": self.hidden_size,
@@ -189,20 +225,6 @@ class SequenceRegressor:
             "dtype": self.dtype.name,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], params: dict[str, np.ndarray]) -> SequenceRegressor:
-        """Rebuild a model from `config` and a parameter dict, checking every name and shape."""
-        model = cls(**config)
-        load_params(model.params, params, model.dtype)
-        return model
-
-    def astype(self, dtype: Any) -> SequenceRegressor:
-        """A copy of this model (same parameter values) computing in another dtype."""
-        return SequenceRegressor.from_config({**self.config, "dtype": np.dtype(dtype).name}, self.params)
-
-    def num_params(self) -> int:
-        return sum(p.size for p in self.params.values())
 
     # --------------------------------------------------------------------------------------------- forward
 
@@ -218,20 +240,38 @@ class SequenceRegressor:
             y = y.astype(self.dtype, copy=False)
         return x, y
 
-    def _recurrence(self, x: np.ndarray) -> nn.LSTMCache | nn.RNNCache:
-        """Run the cell over x (N, T, D) from h0 = 0 (and c0 = 0); the cache holds every state, time-major."""
+    def _recurrence(self, x: np.ndarray, readable: bool = False) -> tuple[np.ndarray, Any]:
+        """Run the cell over x (N, T, D) from h0 = 0 (and c0 = 0): h (N, T, H) and the cache.
+
+        readable: use the loops of `minicap.nn` whatever `self.fast` says (their caches keep every step's own
+        cache, which the gradient-through-time measurements read)."""
         p = self.params
-        h0 = np.zeros((x.shape[0], self.hidden_size), dtype=self.dtype)
+        seq = nn if readable else self.sequence
+        h0 = self.initial_state(x.shape[0])
         if self.cell == "lstm":
-            _, cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+            return seq.lstm_forward(x, h0.h, p["Wx"], p["Wh"], p["b"], c0=h0.c)
+        return seq.rnn_forward(x, h0.h, p["Wx"], p["Wh"], p["b"])
+
+    def initial_state(self, N: int) -> State:
+        """Zeros (N, H): the state before the first step."""
+        zeros = np.zeros((N, self.hidden_size), dtype=self.dtype)
+        return State(zeros, zeros.copy() if self.cell == "lstm" else None)
+
+    def step(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Read one input step x (N, D): the prediction (N,) the readout would make now, and the new state."""
+        p = self.params
+        x = np.asarray(x).astype(self.dtype, copy=False)
+        if self.cell == "lstm":
+            assert state.c is not None
+            h, c, _ = nn.lstm_step_forward(x, state.h, state.c, p["Wx"], p["Wh"], p["b"])
         else:
-            _, cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
-        return cache
+            (h, _), c = nn.rnn_step_forward(x, state.h, p["Wx"], p["Wh"], p["b"]), None
+        return (h @ p["W_out"] + p["b_out"])[:, 0], State(h, c)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """x: (N, T, D) -> predictions (N,) from the last hidden state."""
         x, _ = self._check_inputs(x)
-        h_last = self._recurrence(x).h_last
+        h_last = self._recurrence(x)[1].h_last
         return (h_last @ self.params["W_out"] + self.params["b_out"])[:, 0]
 
     def mse(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
@@ -246,7 +286,7 @@ class SequenceRegressor:
 
     # ------------------------------------------------------------------------------------- loss and grads
 
-    def loss(self, x: np.ndarray, y: np.ndarray) -> tuple[np.floating, dict[str, np.ndarray]]:
+    def loss(self, x: np.ndarray, y: np.ndarray, backward: bool = True) -> tuple[np.floating, dict[str, np.ndarray]]:
         """MSE of the predictions and the gradient of every parameter.
 
         x: (N, T, D), y: (N,). Returns (loss, grads): loss a NumPy scalar of the model's dtype, grads with the
@@ -258,24 +298,28 @@ class SequenceRegressor:
         x, y = self._check_inputs(x, y)
         assert y is not None
         p = self.params
-        cache = self._recurrence(x)
+        _, cache = self._recurrence(x)
         pred, out_cache = nn.affine_forward(cache.h_last, p["W_out"], p["b_out"])  # (N, 1)
         loss, dpred = nn.mse_loss(pred[:, 0], y)
+        if not backward:
+            return loss, {}
 
         grads: dict[str, np.ndarray] = {}
         dh_last, grads["W_out"], grads["b_out"] = nn.affine_backward(dpred[:, None], out_cache)
         dh = np.zeros((x.shape[0], x.shape[1], self.hidden_size), dtype=self.dtype)
         dh[:, -1] = dh_last
         if self.cell == "lstm":
-            g = nn.lstm_backward(dh, cache)
+            g = self.sequence.lstm_backward(dh, cache)
         else:
-            g = nn.rnn_backward(dh, cache)
+            g = self.sequence.rnn_backward(dh, cache)
         grads["Wx"], grads["Wh"], grads["b"] = g.dWx, g.dWh, g.db
         return loss, grads
 
     # ------------------------------------------------------------------------------ gradients through time
 
-    def state_gradient_norms(self, x: np.ndarray, y: np.ndarray, dtype: Any = np.float64) -> StateGradientNorms:
+    def state_gradient_norms(
+        self, x: np.ndarray, y: np.ndarray, dtype: npt.DTypeLike = np.float64
+    ) -> StateGradientNorms:
         """How much gradient reaches each step back in time: ‖∂L_n/∂h_{T−k}‖ for k = 0 … T and every sequence.
 
         L_n = (prediction_n − y_n)² is sequence n's own loss, so the numbers do not depend on the batch size.
@@ -286,7 +330,7 @@ class SequenceRegressor:
         model = self if np.dtype(dtype) == self.dtype else self.astype(dtype)
         x, y = model._check_inputs(x, y)
         assert y is not None
-        cache = model._recurrence(x)
+        _, cache = model._recurrence(x, readable=True)
         pred = (cache.h_last @ model.params["W_out"] + model.params["b_out"])[:, 0]
         dh = np.zeros((x.shape[0], x.shape[1], model.hidden_size), dtype=model.dtype)
         dh[:, -1] = (2.0 * (pred - y))[:, None] * model.params["W_out"][:, 0]  # ∂L_n/∂h_T = 2 (pred_n − y_n) W_out
@@ -319,16 +363,13 @@ class SequenceRegressor:
     def trajectory(self, x: np.ndarray) -> Trajectory:
         """The hidden states (and for the LSTM the cells and forget gates) at every step of x (N, T, D)."""
         x, _ = self._check_inputs(x)
-        cache = self._recurrence(x)
-
-        def batch_major(a: np.ndarray) -> np.ndarray:  # (T, N, H) time-major cache -> (N, T, H)
-            return np.ascontiguousarray(a.transpose(1, 0, 2))
-
+        h, cache = self._recurrence(x, readable=True)
         if self.cell == "rnn":
-            return Trajectory(batch_major(cache.h[1:]), None, None)
-        H = self.hidden_size
-        f = cache.gates[:, :, H : 2 * H]  # gate order i, f, o, g
-        return Trajectory(batch_major(cache.h[1:]), batch_major(cache.c[1:]), batch_major(f))
+            return Trajectory(h, None, None)
+        # The cell after step t is the cell step t+1 starts from; after the last step, the cache's c_last.
+        c = np.stack([step.prev_c for step in cache.steps[1:]] + [cache.c_last], axis=1)
+        f = np.stack([step.f for step in cache.steps], axis=1)
+        return Trajectory(h, c, f)
 
     def mean_tanh_derivative(self, x: np.ndarray) -> float:
         """RNN: the mean of tanh′(a_t) = 1 − h_t² over every sequence, step and unit of x (N, T, D)."""

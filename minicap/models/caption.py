@@ -1,0 +1,237 @@
+"""CaptionModel: an image feature vector starts a recurrent network that writes the caption one word at a time.
+
+    features (N, F) ──affine──▶ h0 (N, H)                                     "show": the image sets the state
+    <START> w1 w2 … (N, T) ──embedding──▶ x (N, T, W) ──LSTM/RNN──▶ h (N, T, H)
+    h ──affine──▶ scores ──softmax loss against w1 w2 … <END> (padding masked)──▶ loss           "and tell"
+
+The architecture of Vinyals et al. (2015, "Show and Tell"), with one difference: the image enters through the
+initial hidden state h0 (as in CS231n and Karpathy's neuraltalk), where Show and Tell feeds it as the first input
+x₋₁. Through h0 the image costs no time step and the LSTM's input weights see only words. Everything is composed
+from `minicap.nn`; the backward pass below is the forward pass read from the bottom up. Parameters are a flat dict
+of arrays, gradients a dict with the same keys, so optimisers and checkpoints need to know nothing about the model.
+
+    W_proj (F, H), b_proj (H,)         image feature -> initial hidden state
+    W_embed (V, W)                     word vectors
+    Wx (W, G), Wh (H, G), b (G,)       recurrent cell, G = 4H for the LSTM (gate order i, f, o, g), H for the RNN
+    W_vocab (H, V), b_vocab (V,)       hidden state -> word scores
+
+Letters: N batch, T time steps, W word-vector size, H hidden size, V vocabulary size, F image-feature size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from minicap import nn
+from minicap.models.base import SequenceModel, State, log_frequency_bias, normal_init
+from minicap.tokens import SPECIAL_TOKENS, target_mask
+
+__all__ = ["CaptionModel"]
+
+CELLS = ("lstm", "rnn")
+
+
+class CaptionModel(SequenceModel):
+    """An image-conditioned recurrent language model with hand-written gradients.
+
+    Parameters
+    ----------
+    vocab_size : V, including the special tokens (minicap.tokens).
+    feature_size : F, length of one image's feature vector.
+    wordvec_size : W, length of a word vector.
+    hidden_size : H.
+    cell : "lstm" or "rnn" (vanilla tanh RNN).
+    dtype : float32 to train (default), float64 for gradient checks.
+    seed : initialisation seed; the same seed gives the same parameters bit for bit.
+    word_counts : optional (V,) counts of each word as a training target: the output bias then starts at
+        log p(word) (`log_frequency_bias`), so the untrained model already predicts the unigram distribution.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        feature_size: int,
+        wordvec_size: int = 128,
+        hidden_size: int = 256,
+        cell: str = "lstm",
+        dtype: npt.DTypeLike = np.float32,
+        seed: int = 0,
+        word_counts: np.ndarray | None = None,
+    ) -> None:
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        if vocab_size < len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size must count the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+        for name, size in (
+            ("feature_size", feature_size),
+            ("wordvec_size", wordvec_size),
+            ("hidden_size", hidden_size),
+        ):
+            if int(size) < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
+        self.vocab_size = int(vocab_size)
+        self.feature_size = int(feature_size)
+        self.wordvec_size = int(wordvec_size)
+        self.hidden_size = int(hidden_size)
+        self.cell = cell
+        self.dtype = np.dtype(dtype)
+        self.seed = int(seed)
+        # Optional standardisation of the input features, set from training-set statistics before training and
+        # saved with the model, so that every later use (decoding, `minicap caption`) applies the same one.
+        self.feature_mean: np.ndarray | None = None
+        self.feature_std: np.ndarray | None = None
+        self.params = self._init_params(word_counts)
+
+    # ------------------------------------------------------------------------------------------- parameters
+
+    def _init_params(self, word_counts: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Seeded initialisation. Weights ~ N(0, 1/fan_in) keep activations at unit scale layer after layer;
+        the LSTM's forget-gate bias starts at 1 so the cell remembers by default (Gers et al. 2000; Jozefowicz
+        et al. 2015)."""
+        rng = np.random.default_rng(self.seed)
+        V, F, W, H = self.vocab_size, self.feature_size, self.wordvec_size, self.hidden_size
+        G = 4 * H if self.cell == "lstm" else H
+        params = {
+            "W_proj": normal_init(rng, (F, H), F),
+            "b_proj": np.zeros(H),
+            "W_embed": rng.standard_normal((V, W)) * 0.1,
+            "Wx": normal_init(rng, (W, G), W),
+            "Wh": normal_init(rng, (H, G), H),
+            "b": np.zeros(G),
+            "W_vocab": normal_init(rng, (H, V), H),
+            "b_vocab": np.zeros(V),
+        }
+        if self.cell == "lstm":
+            params["b"][H : 2 * H] = 1.0  # forget gate
+        if word_counts is not None:
+            if np.shape(word_counts) != (V,):
+                raise ValueError(f"word_counts must have shape ({V},), got {np.shape(word_counts)}")
+            params["b_vocab"] = log_frequency_bias(word_counts)
+        return {k: v.astype(self.dtype) for k, v in params.items()}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "vocab_size": self.vocab_size,
+            "feature_size": self.feature_size,
+            "wordvec_size": self.wordvec_size,
+            "hidden_size": self.hidden_size,
+            "cell": self.cell,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    @property
+    def constants(self) -> dict[str, np.ndarray]:
+        if self.feature_mean is None or self.feature_std is None:
+            return {}
+        return {"feature_mean": self.feature_mean, "feature_std": self.feature_std}
+
+    def set_constants(self, constants: dict[str, np.ndarray]) -> None:
+        if unknown := set(constants) - {"feature_mean", "feature_std"}:
+            raise ValueError(f"unknown CaptionModel constants {sorted(unknown)}")
+        if constants:
+            self.set_feature_standardisation(constants["feature_mean"], constants["feature_std"])
+
+    def set_feature_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Use (features − mean) / std as the model's input from now on. mean, std: (F,)"""
+        mean, std = np.asarray(mean), np.asarray(std)
+        if mean.shape != (self.feature_size,) or std.shape != (self.feature_size,):
+            raise ValueError(f"mean and std must have shape ({self.feature_size},), got {mean.shape}, {std.shape}")
+        self.feature_mean = mean.astype(self.dtype)
+        self.feature_std = np.maximum(std, 1e-6).astype(self.dtype)
+
+    # ------------------------------------------------------------------------------------------------ inputs
+
+    def _check_features(self, features: np.ndarray) -> np.ndarray:
+        """Validate (N, F) features, cast to the model's dtype once, and standardise them if configured."""
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.feature_size:
+            raise ValueError(
+                f"features must have shape (N, {self.feature_size}) for this model, got {features.shape}: "
+                "were they extracted with a different encoder?"
+            )
+        features = features.astype(self.dtype, copy=False)
+        if self.feature_mean is not None and self.feature_std is not None:
+            features = (features - self.feature_mean) / self.feature_std
+        return features
+
+    # -------------------------------------------------------------------------------------------- the loss
+
+    def loss(
+        self, features: np.ndarray, captions: np.ndarray, backward: bool = True
+    ) -> tuple[np.floating, dict[str, np.ndarray]]:
+        """Training loss and the gradient of every parameter.
+
+        features: (N, F) image features.
+        captions: (N, T+1) int word ids, each row <START> w1 … wk <END> then <NULL> = 0 padding.
+            The network reads captions[:, :-1] and must predict captions[:, 1:] (the same words shifted by one);
+            targets that are <NULL> or come after the first <END> are masked out (`minicap.tokens.target_mask`).
+        backward: False skips the backward pass (validation), returning an empty grads dict.
+
+        Returns (loss, grads): loss = summed masked cross-entropy / N (nats per caption), a NumPy scalar of the
+        model's dtype; grads has the keys of `self.params`.
+        """
+        features = self._check_features(features)
+        captions = np.asarray(captions)
+        if captions.ndim != 2 or captions.shape[0] != features.shape[0] or captions.shape[1] < 2:
+            raise ValueError(f"captions must be (N, T+1) with N = {features.shape[0]}, T ≥ 1; got {captions.shape}")
+        p, seq = self.params, self.sequence
+        N, T = captions.shape[0], captions.shape[1] - 1
+        mask = target_mask(captions[:, 1:])  # (N, T) target positions that count in the loss
+        # Longest caption first, so that the fast recurrence stops working on a caption once it has ended
+        # (`lengths`). The loss is a sum over captions: the order changes nothing else.
+        lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)  # last counted step + 1
+        order = np.argsort(-lengths, kind="stable")
+        features, captions, mask, lengths = features[order], captions[order], mask[order], lengths[order]
+        words_in, targets = captions[:, :-1], captions[:, 1:]
+
+        # Forward: image -> h0; words -> vectors; recurrence; scores and loss (Σ cross-entropy / N).
+        h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
+        x, embed_cache = nn.word_embedding_forward(words_in, p["W_embed"])
+        if self.cell == "lstm":
+            h, rec_cache = seq.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
+        else:
+            h, rec_cache = seq.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
+        loss, vocab_grads = seq.words_loss(h, targets, mask, p["W_vocab"], p["b_vocab"], 1.0 / N, backward)
+        if vocab_grads is None:
+            return loss, {}
+
+        # Backward: the same path in reverse.
+        grads: dict[str, np.ndarray] = {}
+        dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        if self.cell == "lstm":
+            dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = seq.lstm_backward(dh, rec_cache)
+        else:
+            dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = seq.rnn_backward(dh, rec_cache)
+        grads["W_embed"] = nn.word_embedding_backward(dx, embed_cache)
+        _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
+        return loss, grads
+
+    # ---------------------------------------------------------------------------------------------- decoding
+
+    def initial_state(self, features: np.ndarray) -> State:
+        """The state before the first word: h0 = features W_proj + b_proj, c0 = 0. features: (N, F)"""
+        features = self._check_features(features)
+        h0 = features @ self.params["W_proj"] + self.params["b_proj"]
+        return State(h0, np.zeros_like(h0) if self.cell == "lstm" else None)
+
+    def step(self, words: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Feed one word per sequence and get the scores of the next word.
+
+        words: (N,) int ids; state: h (N, H) [, c (N, H)]  ->  logits (N, V) and the new state.
+        One `lstm_step_forward` / `rnn_step_forward`: the step the reference sequence loop repeats in training.
+        """
+        p = self.params
+        x = p["W_embed"][np.asarray(words)]  # (N, W)
+        if self.cell == "lstm":
+            assert state.c is not None
+            h, c, _ = nn.lstm_step_forward(x, state.h, state.c, p["Wx"], p["Wh"], p["b"])
+        else:
+            h, _ = nn.rnn_step_forward(x, state.h, p["Wx"], p["Wh"], p["b"])
+            c = None
+        logits = h @ p["W_vocab"] + p["b_vocab"]
+        return logits, State(h, c)
