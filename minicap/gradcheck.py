@@ -25,8 +25,10 @@ Two error measures, each with its own threshold:
     max elementwise relative error   max_i |a_i − n_i| / max(1e-8, |a_i| + |n_i|)     strict on every entry
     norm-relative error              ‖a − n‖ / max(1e-8, ‖a‖ + ‖n‖)                    robust summary
 
-`minicap gradcheck` runs every layer and the whole caption model on deterministic inputs and prints one line per
-(function, input).
+`minicap gradcheck` runs every layer, the readable sequence loops AND the fast sequence paths (`minicap.nn.fast`),
+and every whole model on deterministic inputs, and prints one line per (function, input). It also proves the fast
+path equal to the readable one, output by output (`EqualityResult`: forward ≤ 1e-12, gradients ≤ 1e-10 in
+float64, with and without lengths, with a carried state).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from typing import NamedTuple
 import numpy as np
 
 from minicap import nn
-from minicap.model import CaptionModel
+from minicap.models import CaptionModel, LSTMLanguageModel, SequenceModel, SequenceRegressor
+from minicap.tokens import END, START
 
 __all__ = [
     "REFERENCE_DTYPE",
@@ -46,6 +49,7 @@ __all__ = [
     "rel_error",
     "norm_rel_error",
     "CheckResult",
+    "EqualityResult",
     "compare",
     "all_checks",
     "run_all_checks",
@@ -59,6 +63,9 @@ __all__ = [
 STEP_MAX_REL = 1e-7
 SEQUENCE_MAX_REL = 1e-5
 NORM_REL = 1e-8
+# fast == reference: the same maths in another order, so only rounding may differ (float64, max absolute difference).
+FORWARD_EQUAL = 1e-12
+GRADIENT_EQUAL = 1e-10
 
 _HAS_EXTENDED = np.finfo(np.longdouble).eps < np.finfo(np.float64).eps
 REFERENCE_DTYPE = np.dtype(np.longdouble if _HAS_EXTENDED else np.float64)
@@ -123,9 +130,36 @@ class CheckResult(NamedTuple):
     def line(self) -> str:
         status = "ok  " if self.passed else "FAIL"
         return (
-            f"{status} {self.function:<31} {self.input:<7} max rel {self.max_rel:8.1e} (≤ {self.max_rel_threshold:.0e})"
+            f"{status} {self.function:<37} {self.input:<7} max rel {self.max_rel:8.1e} (≤ {self.max_rel_threshold:.0e})"
             f"   norm rel {self.norm_rel:8.1e} (≤ {self.norm_rel_threshold:.0e})"
         )
+
+
+class EqualityResult(NamedTuple):
+    """The fast path against the readable one: the largest absolute difference of one output."""
+
+    function: str
+    output: str
+    max_abs_diff: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.threshold
+
+    def line(self) -> str:
+        status = "ok  " if self.passed else "FAIL"
+        return (
+            f"{status} {self.function:<37} {self.output:<7} fast == reference: max |diff| {self.max_abs_diff:8.1e} "
+            f"(≤ {self.threshold:.0e})"
+        )
+
+
+def equal(function: str, output: str, fast: np.ndarray, reference: np.ndarray, threshold: float) -> EqualityResult:
+    if np.shape(fast) != np.shape(reference):
+        raise ValueError(f"{function}/{output}: fast {np.shape(fast)} vs reference {np.shape(reference)}")
+    diff = np.max(np.abs(np.asarray(fast, np.float64) - np.asarray(reference, np.float64)), initial=0.0)
+    return EqualityResult(function, output, float(diff), threshold)
 
 
 def compare(function: str, name: str, analytic: np.ndarray, numeric: np.ndarray, max_rel: float) -> CheckResult:
@@ -242,27 +276,6 @@ def check_rnn_step(seed: int = 0) -> list[CheckResult]:
     return _check_array_function("rnn_step", fwd, inputs, analytic, dout, STEP_MAX_REL)
 
 
-def check_rnn_sequence(seed: int = 0, lengths: tuple[int, ...] | None = None) -> list[CheckResult]:
-    """With `lengths` (longest first), some sequences stop early and carry their state: checks that path too."""
-    rng = np.random.default_rng(seed)
-    N, T, D, H = len(lengths or (6, 6)), 6, 3, 4
-    inputs = {
-        "x": rng.standard_normal((N, T, D)),
-        "h0": rng.standard_normal((N, H)),
-        "Wx": rng.standard_normal((D, H)) * 0.5,
-        "Wh": rng.standard_normal((H, H)) * 0.5,
-        "b": rng.standard_normal(H) * 0.5,
-    }
-    lens = None if lengths is None else np.array(lengths)
-    out, cache = nn.rnn_forward(**inputs, lengths=lens)
-    dout = rng.standard_normal(out.shape)  # also after a sequence's end: the carried state reaches the loss
-    g = nn.rnn_backward(dout, cache)
-    analytic = {"x": g.dx, "h0": g.dh0, "Wx": g.dWx, "Wh": g.dWh, "b": g.db}
-    fwd = lambda **kw: nn.rnn_forward(**kw, lengths=lens)[0]  # noqa: E731
-    name = "rnn_forward/backward" + ("" if lengths is None else " (lengths)")
-    return _check_array_function(name, fwd, inputs, analytic, dout, SEQUENCE_MAX_REL)
-
-
 def check_lstm_step(seed: int = 0) -> list[CheckResult]:
     rng = np.random.default_rng(seed)
     N, D, H = 3, 4, 5
@@ -293,26 +306,67 @@ def check_lstm_step(seed: int = 0) -> list[CheckResult]:
     ]
 
 
-def check_lstm_sequence(seed: int = 0, lengths: tuple[int, ...] | None = None) -> list[CheckResult]:
-    """With `lengths` (longest first), some sequences stop early and carry their state: checks that path too."""
-    rng = np.random.default_rng(seed)
-    N, T, D, H = len(lengths or (6, 6)), 6, 3, 4
+def _sequence_inputs(cell: str, rng: np.random.Generator, N: int, T: int = 6, D: int = 3, H: int = 4) -> dict:
+    G = 4 * H if cell == "lstm" else H
     inputs = {
         "x": rng.standard_normal((N, T, D)),
         "h0": rng.standard_normal((N, H)),
-        "Wx": rng.standard_normal((D, 4 * H)) * 0.5,
-        "Wh": rng.standard_normal((H, 4 * H)) * 0.5,
-        "b": rng.standard_normal(4 * H) * 0.5,
-        "c0": rng.standard_normal((N, H)),
+        "Wx": rng.standard_normal((D, G)) * 0.5,
+        "Wh": rng.standard_normal((H, G)) * 0.5,
+        "b": rng.standard_normal(G) * 0.5,
     }
+    if cell == "lstm":
+        inputs["c0"] = rng.standard_normal((N, H))
+    return inputs
+
+
+def check_sequence(
+    cell: str, fast: bool = False, seed: int = 0, lengths: tuple[int, ...] | None = None
+) -> list[CheckResult]:
+    """rnn_forward/backward or lstm_forward/backward, the readable loop (`minicap.nn`) or the fast path
+    (`minicap.nn.fast`). With `lengths` (longest first) some sequences stop early and carry their state."""
+    rng = np.random.default_rng(seed)
+    inputs = _sequence_inputs(cell, rng, N=len(lengths or (6, 6)))
+    seq = nn.fast if fast else nn
+    forward = seq.lstm_forward if cell == "lstm" else seq.rnn_forward
+    backward = seq.lstm_backward if cell == "lstm" else seq.rnn_backward
     lens = None if lengths is None else np.array(lengths)
-    out, cache = nn.lstm_forward(**inputs, lengths=lens)
+    out, cache = forward(**inputs, lengths=lens)
     dout = rng.standard_normal(out.shape)  # also after a sequence's end: the carried state reaches the loss
-    g = nn.lstm_backward(dout, cache)
-    analytic = {"x": g.dx, "h0": g.dh0, "c0": g.dc0, "Wx": g.dWx, "Wh": g.dWh, "b": g.db}
-    fwd = lambda **kw: nn.lstm_forward(**kw, lengths=lens)[0]  # noqa: E731
-    name = "lstm_forward/backward" + ("" if lengths is None else " (lengths)")
+    g = backward(dout, cache)
+    analytic = {"x": g.dx, "h0": g.dh0, "Wx": g.dWx, "Wh": g.dWh, "b": g.db}
+    if cell == "lstm":
+        analytic["c0"] = g.dc0
+    fwd = lambda **kw: forward(**kw, lengths=lens)[0]  # noqa: E731
+    name = f"{'fast.' if fast else ''}{cell}_forward/backward" + ("" if lengths is None else " (lengths)")
     return _check_array_function(name, fwd, inputs, analytic, dout, SEQUENCE_MAX_REL)
+
+
+def check_words_loss(fast: bool = False, seed: int = 0) -> list[CheckResult]:
+    """The vocabulary projection + masked loss (`nn.words_loss`, or `nn.fast.words_loss`)."""
+    rng = np.random.default_rng(seed)
+    N, T, H, V = 3, 4, 5, 6
+    inputs = {
+        "h": rng.standard_normal((N, T, H)),
+        "W_vocab": rng.standard_normal((H, V)),
+        "b_vocab": rng.standard_normal(V),
+    }
+    targets = rng.integers(0, V, size=(N, T))
+    mask = rng.random((N, T)) > 0.3
+    mask[2] = False  # a row with every target masked
+    words_loss = nn.fast.words_loss if fast else nn.words_loss
+    _, grads = words_loss(inputs["h"], targets, mask, inputs["W_vocab"], inputs["b_vocab"], 1.0 / N)
+    assert grads is not None
+    ref = _as_reference(inputs)
+    results = []
+    for name, grad in zip(("h", "W_vocab", "b_vocab"), grads, strict=True):
+        loss = lambda: words_loss(ref["h"], targets, mask, ref["W_vocab"], ref["b_vocab"], 1.0 / N, False)[0]  # noqa: E731
+        results.append(
+            compare(
+                f"{'fast.' if fast else ''}words_loss", name, grad, numerical_gradient(loss, ref[name]), STEP_MAX_REL
+            )
+        )
+    return results
 
 
 def small_caption_batch(
@@ -323,28 +377,106 @@ def small_caption_batch(
     features = rng.standard_normal((N, F))
     captions = np.zeros((N, T + 1), dtype=np.int64)
     for n, length in enumerate(rng.integers(1, T, size=N)):  # caption lengths 1..T−1 words
-        captions[n, 0] = 1  # <START>
+        captions[n, 0] = START
         captions[n, 1 : length + 1] = rng.integers(4, V, size=length)
-        captions[n, length + 1] = 2  # <END>, then <NULL> = 0
+        captions[n, length + 1] = END  # then <NULL> = 0 padding
     return features, captions
 
 
-def check_caption_model(cell: str, seed: int = 0) -> list[CheckResult]:
+def _model_batches(seed: int = 0) -> list[tuple[str, SequenceModel, tuple[np.ndarray, ...]]]:
+    """Every model of the contract, small, in float64, with one deterministic batch each."""
     features, captions = small_caption_batch(seed)
-    model = CaptionModel(vocab_size=11, feature_size=7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64)
-    _, grads = model.loss(features, captions)
-    reference = CaptionModel.from_config({**model.config, "dtype": REFERENCE_DTYPE.name}, model.params)
-    features_ref = features.astype(REFERENCE_DTYPE)
+    rng = np.random.default_rng(seed + 1)
+    words = captions[:, :-1]
+    targets = captions[:, 1:]
+    x = rng.standard_normal((3, 6, 2))
+    y = rng.standard_normal(3)
+    out: list[tuple[str, SequenceModel, tuple[np.ndarray, ...]]] = []
+    for cell in ("lstm", "rnn"):
+        model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64)
+        out.append((f"CaptionModel({cell})", model, (features, captions)))
+    lm = LSTMLanguageModel(11, wordvec_size=4, hidden_size=5, dtype=np.float64)
+    state = rng.standard_normal((2, 3, 5))
+    out.append(("LSTMLanguageModel", lm, (words, targets, targets != 0, state[0], state[1])))
+    for cell in ("lstm", "rnn"):
+        regressor = SequenceRegressor(2, 5, cell=cell, init="xavier", dtype=np.float64)
+        out.append((f"SequenceRegressor({cell})", regressor, (x, y)))
+    return out
+
+
+def check_models(fast: bool = False, seed: int = 0) -> list[CheckResult]:
+    """The whole loss of every model against centred differences, on the readable or the fast path."""
     results = []
-    for name in sorted(model.params):
-        numeric = numerical_gradient(lambda: reference.loss(features_ref, captions)[0], reference.params[name])
-        results.append(compare(f"CaptionModel({cell})", name, grads[name], numeric, SEQUENCE_MAX_REL))
+    for label, model, batch in _model_batches(seed):
+        model.fast = fast
+        _, grads = model.loss(*batch)
+        reference = model.astype(REFERENCE_DTYPE)
+        batch_ref = tuple(a.astype(REFERENCE_DTYPE) if a.dtype.kind == "f" else a for a in batch)
+
+        def loss(reference: SequenceModel = reference, batch: tuple = batch_ref) -> np.floating:
+            return reference.loss(*batch, backward=False)[0]
+
+        for name in sorted(model.params):
+            numeric = numerical_gradient(loss, reference.params[name])
+            function = f"{label}{' [fast]' if fast else ''}"
+            results.append(compare(function, name, grads[name], numeric, SEQUENCE_MAX_REL))
     return results
 
 
-def all_checks() -> list[CheckResult]:
-    """Every layer and the caption model (both cells), in float64 on deterministic inputs."""
-    results: list[CheckResult] = []
+def check_fast_equals_reference(seed: int = 0) -> list[EqualityResult]:
+    """`minicap.nn.fast` against the readable loops: every output and gradient, with and without lengths, from a
+    carried state (random h0, c0) and with gradients arriving at the final state (the LSTM's dh_last, dc_last);
+    then the vocabulary loss and every whole model."""
+    rng = np.random.default_rng(seed)
+    results: list[EqualityResult] = []
+    for cell in ("rnn", "lstm"):
+        for lengths in (None, np.array([6, 6, 4, 4, 1, 0])):
+            inputs = _sequence_inputs(cell, rng, N=6)
+            name = f"{cell}_forward/backward" + ("" if lengths is None else " (lengths)")
+            forward = {"rnn": (nn.rnn_forward, nn.fast.rnn_forward), "lstm": (nn.lstm_forward, nn.fast.lstm_forward)}
+            backward = {
+                "rnn": (nn.rnn_backward, nn.fast.rnn_backward),
+                "lstm": (nn.lstm_backward, nn.fast.lstm_backward),
+            }
+            (h_ref, cache_ref), (h_fast, cache_fast) = (f(**inputs, lengths=lengths) for f in forward[cell])
+            results.append(equal(name, "h", h_fast, h_ref, FORWARD_EQUAL))
+            results.append(equal(name, "h_last", cache_fast.h_last, cache_ref.h_last, FORWARD_EQUAL))
+            dh = rng.standard_normal(h_ref.shape)
+            extra = (
+                ()
+                if cell == "rnn"
+                else (rng.standard_normal(h_ref[:, 0].shape), rng.standard_normal(h_ref[:, 0].shape))
+            )
+            if cell == "lstm":
+                results.append(equal(name, "c_last", cache_fast.c_last, cache_ref.c_last, FORWARD_EQUAL))
+            g_ref = backward[cell][0](dh, cache_ref, *extra)
+            g_fast = backward[cell][1](dh, cache_fast, *extra)
+            for field in g_ref._fields:
+                results.append(equal(name, field, getattr(g_fast, field), getattr(g_ref, field), GRADIENT_EQUAL))
+    h = rng.standard_normal((4, 5, 6))
+    targets = rng.integers(0, 9, size=(4, 5))
+    mask = rng.random((4, 5)) > 0.3
+    W, b = rng.standard_normal((6, 9)), rng.standard_normal(9)
+    loss_ref, g_ref = nn.words_loss(h, targets, mask, W, b, 0.25)
+    loss_fast, g_fast = nn.fast.words_loss(h, targets, mask, W, b, 0.25)
+    assert g_ref is not None and g_fast is not None
+    results.append(equal("words_loss", "loss", loss_fast, loss_ref, FORWARD_EQUAL))
+    for field, a, r in zip(("h", "W_vocab", "b_vocab"), g_fast, g_ref, strict=True):
+        results.append(equal("words_loss", field, a, r, GRADIENT_EQUAL))
+    for label, model, batch in _model_batches(seed):
+        model.fast = False
+        loss_ref, grads_ref = model.loss(*batch)
+        model.fast = True
+        loss_fast, grads_fast = model.loss(*batch)
+        results.append(equal(label, "loss", loss_fast, loss_ref, FORWARD_EQUAL))
+        for name in sorted(grads_ref):
+            results.append(equal(label, name, grads_fast[name], grads_ref[name], GRADIENT_EQUAL))
+    return results
+
+
+def all_checks() -> list[CheckResult | EqualityResult]:
+    """Every layer, both sequence paths, every model (both cells), and fast == reference; float64, deterministic."""
+    results: list[CheckResult | EqualityResult] = []
     for check in (
         check_affine,
         check_word_embedding,
@@ -352,15 +484,16 @@ def all_checks() -> list[CheckResult]:
         check_temporal_softmax_loss,
         check_mse_loss,
         check_rnn_step,
-        check_rnn_sequence,
         check_lstm_step,
-        check_lstm_sequence,
     ):
         results += check()
-    results += check_rnn_sequence(lengths=(6, 4, 4, 1, 0))  # variable lengths, longest first
-    results += check_lstm_sequence(lengths=(6, 4, 4, 1, 0))
-    results += check_caption_model("lstm")
-    results += check_caption_model("rnn")
+    for fast in (False, True):
+        results += check_words_loss(fast)
+        for cell in ("rnn", "lstm"):
+            results += check_sequence(cell, fast)
+            results += check_sequence(cell, fast, lengths=(6, 4, 4, 1, 0))  # variable lengths, longest first
+        results += check_models(fast)
+    results += check_fast_equals_reference()
     return results
 
 
@@ -371,5 +504,5 @@ def run_all_checks(verbose: bool = True) -> bool:
         for r in results:
             print(r.line())
         failed = [r for r in results if not r.passed]
-        print(f"{len(results) - len(failed)}/{len(results)} gradient checks passed" + (" — FAILED" if failed else ""))
+        print(f"{len(results) - len(failed)}/{len(results)} checks passed" + (" — FAILED" if failed else ""))
     return all(r.passed for r in results)
