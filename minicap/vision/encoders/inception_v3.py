@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from minicap.encoders.onnx_ops import ConvSpec, GraphBuilder, StateDictReader
+from minicap.vision.encoders.onnx_ops import ConvSpec, GraphBuilder, StateDictReader
 
 __all__ = ["build_inception_v3"]
 

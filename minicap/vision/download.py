@@ -46,8 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from minicap import __version__
 from minicap.safe_io import atomic_write_json
+from minicap.version import __version__
 
 __all__ = [
     "DownloadReport",

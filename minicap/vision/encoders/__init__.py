@@ -8,7 +8,7 @@ inception_v3.py       Inception v3 graph, torchvision key names (2048-d features
 onnx_build.py         build_encoder / save_encoder / read_encoder_metadata: the encoder file contract
 """
 
-from minicap.encoders.onnx_build import (
+from minicap.vision.encoders.onnx_build import (
     INCEPTION_V3_WEIGHTS_NAME,
     build_encoder,
     build_encoder_from_state_dict,
@@ -16,9 +16,9 @@ from minicap.encoders.onnx_build import (
     read_encoder_metadata,
     save_encoder,
 )
-from minicap.encoders.onnx_ops import WeightsMismatchError
-from minicap.encoders.pth import PthFormatError, load_pth, load_state_dict
-from minicap.encoders.spec import SPECS, EncoderSpec, get_spec, load_rgb, preprocess
+from minicap.vision.encoders.onnx_ops import WeightsMismatchError
+from minicap.vision.encoders.pth import PthFormatError, load_pth, load_state_dict
+from minicap.vision.encoders.spec import SPECS, EncoderSpec, get_spec, load_rgb, preprocess
 
 __all__ = [
     "SPECS",

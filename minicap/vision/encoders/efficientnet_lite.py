@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
-from minicap.encoders.onnx_ops import ConvSpec, GraphBuilder, StateDictReader
+from minicap.vision.encoders.onnx_ops import ConvSpec, GraphBuilder, StateDictReader
 
 __all__ = ["STAGES", "build_efficientnet_lite0"]
 

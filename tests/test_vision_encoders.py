@@ -13,7 +13,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from minicap.cli import main
-from minicap.encoders import (
+from minicap.vision.encoders import (
     INCEPTION_V3_WEIGHTS_NAME,
     WeightsMismatchError,
     build_encoder,
@@ -26,7 +26,7 @@ from minicap.encoders import (
     read_encoder_metadata,
     save_encoder,
 )
-from minicap.encoders.onnx_ops import fold_batchnorm
+from minicap.vision.encoders.onnx_ops import fold_batchnorm
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

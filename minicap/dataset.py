@@ -1,0 +1,292 @@
+"""What the training loop reads: datasets of examples in minibatches, and where captions meet image features.
+
+    Dataset          the interface of `minicap.train.Trainer`: len, batch(indices) -> the arguments of model.loss,
+                     epoch(rng, batch_size) -> this epoch's minibatches (WITHOUT replacement, reshuffled)
+    ArrayDataset     examples that are rows of arrays (the adding problem's fixed validation set, ...)
+    CaptionDataset   encoded captions tied to a feature lookup: batches of (features (N, F), captions (N, T+1))
+
+A feature lookup is anything with `lookup(ids) -> (N, F)` that raises `MissingFeaturesError` for ids it lacks: a
+`FeatureStore` (minicap.vision.store) or the in-memory `FeatureTable` below. This module knows nothing of how the
+features were made.
+
+Letters: M captions, N batch, T+1 caption length (tokens), F feature size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from minicap.tokens import NULL
+
+__all__ = [
+    "minibatches",
+    "caption_indices_for_images",
+    "Dataset",
+    "ArrayDataset",
+    "MissingFeaturesError",
+    "FeatureLookup",
+    "FeatureTable",
+    "missing_feature_ids",
+    "check_features_available",
+    "feature_statistics",
+    "CaptionBatch",
+    "CaptionDataset",
+]
+
+# ============================================================================================ minibatches
+
+
+def minibatches(n: int, batch_size: int, rng: np.random.Generator, drop_last: bool = False) -> Iterator[np.ndarray]:
+    """One epoch of minibatch indices: a fresh permutation of range(n), cut into batches.
+
+    Sampling is WITHOUT replacement (every index exactly once per epoch; CS231n's sampler drew with
+    replacement, so some captions were never seen in an "epoch"). Call once per epoch with the same `rng`
+    for a new order each time. The permutation is drawn when this function is CALLED, not on the first
+    `next()`: a trainer that saves `rng.bit_generator.state` before the call, plus how many batches it
+    consumed, can resume an interrupted epoch exactly. The last batch may be smaller than `batch_size`
+    unless `drop_last`.
+    """
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    order = rng.permutation(n)
+    stop = n - n % batch_size if drop_last else n
+    return (order[i : i + batch_size] for i in range(0, stop, batch_size))
+
+
+def caption_indices_for_images(caption_image_ids: np.ndarray, image_ids: Iterable[int]) -> np.ndarray:
+    """Row indices (ascending) of the captions whose image is in `image_ids`: select one split's captions."""
+    wanted = np.fromiter((int(i) for i in image_ids), dtype=np.int64)
+    return np.flatnonzero(np.isin(caption_image_ids, wanted))
+
+
+# ============================================================================================ the interface
+
+
+class Dataset:
+    """Examples the Trainer reads in minibatches. A subclass implements `__len__` and `batch(indices)`; `epoch`
+    may be overridden for data that is drawn fresh every epoch instead of reshuffled."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batch(self, key: Any) -> tuple[Any, ...]:
+        """The positional arguments of `model.loss` for the examples `key` names (an index array here)."""
+        raise NotImplementedError
+
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> list[Any]:
+        """One epoch's batch keys, drawn from `rng`: every example once, in a fresh order (`minibatches`)."""
+        return list(minibatches(len(self), batch_size, rng))
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def in_order(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Every example once, in order, in batches of at most `batch_size` (for validation)."""
+        for start in range(0, len(self), batch_size):
+            yield np.arange(start, min(start + batch_size, len(self)))
+
+    def fingerprint(self) -> str | None:
+        """A short hash of the data (the same data gives the same string): a resumed run refuses other data.
+        None when the data cannot be summed up (e.g. drawn fresh every epoch)."""
+        return None
+
+
+def _hash_arrays(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class ArrayDataset(Dataset):
+    """Examples that are the rows of equally long arrays: batch(indices) = (a[indices] for each array)."""
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        if not arrays or len({len(a) for a in arrays}) != 1:
+            raise ValueError(f"need one or more arrays of the same length, got lengths {[len(a) for a in arrays]}")
+        self.arrays = tuple(np.asarray(a) for a in arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def batch(self, key: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(a[key] for a in self.arrays)
+
+    def fingerprint(self) -> str:
+        return _hash_arrays(*self.arrays)
+
+
+# ============================================================================================ image features
+
+
+class MissingFeaturesError(KeyError):
+    """Some requested image ids have no feature vector: ONE error with the count and the first ids.
+
+    Raised by `FeatureTable.lookup` and `minicap.vision.store.FeatureStore.lookup` alike; `.missing` lists the ids.
+    """
+
+    def __init__(self, missing: Sequence[int], requested: int, source: str = "the feature store") -> None:
+        self.missing = [int(i) for i in missing]
+        first = ", ".join(str(i) for i in self.missing[:5]) + (", ..." if len(self.missing) > 5 else "")
+        self.message = (
+            f"{len(self.missing)} of {requested} requested image ids have no features in {source} "
+            f"(first: {first}); extract them with `minicap extract` or drop them from the split"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return self.message
+
+
+class FeatureLookup(Protocol):
+    """Anything that gives the features of image ids: `lookup(ids (N,)) -> (N, F)`, MissingFeaturesError for ids
+    it lacks (a FeatureStore, a FeatureTable)."""
+
+    def lookup(self, image_ids: Iterable[int] | np.ndarray) -> np.ndarray: ...
+
+
+class FeatureTable:
+    """An in-memory id -> feature lookup over an (n, F) array, with the same `lookup` contract as FeatureStore."""
+
+    def __init__(self, image_ids: np.ndarray, features: np.ndarray) -> None:
+        image_ids = np.asarray(image_ids, dtype=np.int64)
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[0] != image_ids.shape[0]:
+            raise ValueError(f"need features (n, F) for n ids, got {features.shape} for {image_ids.shape[0]} ids")
+        self.image_ids = image_ids
+        self.features = features
+        self._row = {int(i): r for r, i in enumerate(image_ids)}
+        if len(self._row) != len(image_ids):
+            raise ValueError("image ids in a FeatureTable must be unique")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def lookup(self, image_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Features of `image_ids` in that order, shape (len(image_ids), F); MissingFeaturesError if any lack one."""
+        ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+        rows = [self._row.get(int(i), -1) for i in ids]
+        missing = sorted({int(i) for i, r in zip(ids, rows, strict=True) if r < 0})
+        if missing:
+            raise MissingFeaturesError(missing, requested=len(set(ids.tolist())), source="this feature table")
+        return self.features[np.array(rows, dtype=np.int64)]
+
+    __call__ = lookup
+
+
+def missing_feature_ids(image_ids: np.ndarray, features: FeatureLookup) -> list[int]:
+    """The distinct ids in `image_ids` that `features` has no vector for."""
+    unique = np.unique(np.asarray(image_ids, dtype=np.int64))
+    try:
+        features.lookup(unique)  # the usual case: everything is there, one call
+        return []
+    except MissingFeaturesError as error:  # a FeatureStore or FeatureTable names the missing ids
+        return sorted(set(error.missing))
+
+
+def check_features_available(image_ids: np.ndarray, features: FeatureLookup, what: str = "training") -> None:
+    """Raise ONE MissingFeaturesError naming how many images (and captions) lack features, and the first ids.
+
+    Called before training starts, so a missing image fails in a second and not hours into a run.
+    """
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    missing = missing_feature_ids(image_ids, features)
+    if missing:
+        n_captions = int(np.isin(image_ids, missing).sum())
+        raise MissingFeaturesError(
+            missing,
+            requested=len(np.unique(image_ids)),
+            source=f"the features given ({n_captions} {what} captions belong to these images)",
+        )
+
+
+def feature_statistics(
+    image_ids: np.ndarray, features: FeatureLookup, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation (F,) float64 over the DISTINCT images in `image_ids`.
+
+    Each image counts once however many captions it has. Two passes over chunks (mean, then squared deviations):
+    exact in float64 and never holds all features at once.
+    """
+    unique = np.unique(np.asarray(image_ids, dtype=np.int64))
+    if unique.size == 0:
+        raise ValueError("no images to compute feature statistics from")
+    total = np.zeros(0)
+    for start in range(0, unique.size, chunk):
+        x = np.asarray(features.lookup(unique[start : start + chunk]), dtype=np.float64)
+        total = x.sum(axis=0) if total.size == 0 else total + x.sum(axis=0)
+    mean = total / unique.size
+    squares = np.zeros_like(mean)
+    for start in range(0, unique.size, chunk):
+        x = np.asarray(features.lookup(unique[start : start + chunk]), dtype=np.float64)
+        squares += ((x - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(squares / unique.size)
+
+
+# ============================================================================================ captions
+
+
+class CaptionBatch(NamedTuple):
+    """One minibatch, the arguments of `CaptionModel.loss`: features (N, F), captions (N, T+1) int32 trimmed to
+    the batch's longest caption."""
+
+    features: np.ndarray
+    captions: np.ndarray
+
+
+class CaptionDataset(Dataset):
+    """Encoded captions tied to their images' features.
+
+    captions:  (M, T+1) int32 from `minicap.text.encode_captions`
+    image_ids: (M,) int64, the image of each caption row
+    features:  a FeatureLookup (FeatureStore, FeatureTable). Every image is checked at construction (one
+               MissingFeaturesError with the count and the first ids), so a missing feature fails here and not
+               hours into training.
+    """
+
+    def __init__(
+        self, captions: np.ndarray, image_ids: np.ndarray, features: FeatureLookup, what: str = "training"
+    ) -> None:
+        self.captions = np.asarray(captions)
+        self.image_ids = np.asarray(image_ids, dtype=np.int64)
+        self.features = features
+        if self.captions.ndim != 2 or self.captions.shape[0] != self.image_ids.shape[0]:
+            raise ValueError(
+                f"need captions (M, T+1) and image_ids (M,), got {self.captions.shape} and {self.image_ids.shape}"
+            )
+        if not np.issubdtype(self.captions.dtype, np.integer):
+            raise TypeError(f"captions must be integer token ids, got dtype {self.captions.dtype}")
+        check_features_available(self.image_ids, features, what)
+
+    def __len__(self) -> int:
+        return self.captions.shape[0]
+
+    @property
+    def feature_size(self) -> int:
+        """F, the length of the feature vectors the lookup gives."""
+        return int(np.asarray(self.features.lookup(self.image_ids[:1])).shape[1])
+
+    def batch(self, key: np.ndarray) -> CaptionBatch:
+        """Rows `key` (e.g. from `minibatches`) with their features.
+
+        Caption columns after the batch's longest caption are all <NULL> and are cut off: the model's cost
+        grows with T, and short batches are common (median COCO caption: 10 words).
+        """
+        indices = np.asarray(key, dtype=np.int64)
+        captions = self.captions[indices]
+        used = np.flatnonzero((captions != NULL).any(axis=0))
+        width = int(used[-1]) + 1 if used.size else 1
+        return CaptionBatch(self.features.lookup(self.image_ids[indices]), captions[:, :width])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(self.captions.shape).encode())
+        h.update(np.ascontiguousarray(self.captions, dtype=np.int32).tobytes())
+        h.update(np.ascontiguousarray(self.image_ids, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
