@@ -1,27 +1,29 @@
-"""Checkpoints: one `.npz` file that holds everything needed to use a trained captioner or to continue training it.
+"""Checkpoints: one `.npz` file that holds everything needed to use a trained model or to continue training it.
 
-Layout of a checkpoint (an ordinary NumPy `.npz`, i.e. a zip of `.npy` arrays, read with `allow_pickle=False`):
+Any model of the contract (`minicap.models.base.SequenceModel`) fits. Layout (an ordinary NumPy `.npz`, i.e. a zip
+of `.npy` arrays, read with `allow_pickle=False`):
 
     header                    0-d unicode array: a JSON object (below)
     param/<name>              the model's parameters, e.g. param/W_embed (V, W)
-    feature/mean, feature/std (F,) the feature standardisation (training-set statistics), when the model has one
+    constant/<name>           the model's constants, e.g. constant/feature_mean (F,) of the caption model
     optim/<key>               the optimiser's `state_dict()`: optim/lr, optim/t, optim/beta1, ..., optim/m/W_embed, ...
     history/steps/<column>    per-step training history as arrays (loss, grad_norm, lr, step, epoch)
 
 The JSON header:
 
     format, version, minicap_version, created_utc
-    model_config        CaptionModel.config: enough to rebuild the model with CaptionModel.from_config
-    vocabulary          Vocabulary.to_dict()
+    model_class         the model's class name (CaptionModel, LSTMLanguageModel, SequenceRegressor, ...)
+    model_config        model.config: enough to rebuild the model with <model_class>.from_config
+    vocabulary          Vocabulary.to_dict(), or null for a model without words
     step, epoch         optimiser updates and completed epochs when the file was written
     metrics             the latest numbers, e.g. {"train_loss": .., "val_loss": .., "val_metric": ..}
     optimizer           {"class": "Adam", "hyperparameters": {...}} or null
     rng                 the shuffling generator's bit-generator state (JSON ints), or null
     encoder             which image encoder made the features: architecture, onnx_sha256, onnx_file, feature_size, ...
-    train_config        the trainer's settings (minicap.train.TrainConfig), or null
+    train_config        the training loop's settings (minicap.train.TrainConfig), or null
     train_state         the trainer's position (epoch, batch, early-stopping counters, ...), or null
     history             everything of the training history except the per-step arrays (per-epoch records, ...)
-    extra               free JSON the caller adds (the CLI records the data split here)
+    extra               free JSON the caller adds (the captioner records its configuration and data split here)
 
 Why not pickle: loading a pickle can run any code named in the file. An `.npz` of plain numeric and unicode arrays,
 loaded with `allow_pickle=False`, can only ever produce arrays. Why a temporary file and a rename: a run killed while
@@ -40,16 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from minicap import __version__
-from minicap.data import Vocabulary
-from minicap.model import CaptionModel
+from minicap.models import SequenceModel
 from minicap.optim import Optimizer
 from minicap.safe_io import atomic_write
+from minicap.text import Vocabulary
+from minicap.version import __version__
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "encoder_info"]
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "minicap.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: any model of the contract (model_class, constant/<name>); version 1 files (captioners) still load
 
 # Bit generators a checkpoint may name (the header is data from a file: never getattr an arbitrary name).
 _BIT_GENERATORS = {
@@ -66,16 +68,16 @@ class CheckpointError(ValueError):
 class Checkpoint:
     """A loaded checkpoint. `model` and `vocab` are ready to use; the rest is for resuming and for reports.
 
-    model            CaptionModel rebuilt from the header's config, with the saved parameters and standardisation
-    vocab            the Vocabulary the model was trained with
+    model            the model rebuilt from the header's class and config, with its saved parameters and constants
+    vocab            the Vocabulary the model was trained with (None for a model without words)
     optimizer_state  the optimiser's `state_dict()` (empty when none was saved); pass it to `load_state_dict`
     header           the whole JSON header (see the module docstring)
     history          the training history: header["history"] plus history["steps"] = {column: list}
     """
 
     path: Path
-    model: CaptionModel
-    vocab: Vocabulary
+    model: SequenceModel
+    vocab: Vocabulary | None
     optimizer_state: dict[str, Any]
     header: dict[str, Any]
     history: dict[str, Any] = field(default_factory=dict)
@@ -121,23 +123,6 @@ class Checkpoint:
         return np.random.Generator(bit_generator)
 
 
-def encoder_info(store: Any, path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What a checkpoint records about the image encoder, from a FeatureStore (and the store's file path).
-
-    {"architecture", "onnx_sha256", "onnx_file", "weights_sha256", "feature_size", "features_file"}; entries the
-    store's manifest lacks are None. A later run can compare `onnx_sha256` to refuse features from another encoder.
-    """
-    manifest = dict(getattr(store, "manifest", {}) or {})
-    return {
-        "architecture": manifest.get("architecture"),
-        "onnx_sha256": manifest.get("onnx_sha256"),
-        "onnx_file": manifest.get("onnx_file"),
-        "weights_sha256": manifest.get("weights_sha256"),
-        "feature_size": int(store.feature_size),
-        "features_file": None if path is None else str(path),
-    }
-
-
 def _json_safe(obj: Any, where: str) -> str:
     """json.dumps that refuses NaN/inf (JSON has no such numbers) with a message naming the header entry."""
     try:
@@ -150,8 +135,8 @@ def _json_safe(obj: Any, where: str) -> str:
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: CaptionModel,
-    vocab: Vocabulary,
+    model: SequenceModel,
+    vocab: Vocabulary | None = None,
     *,
     optimizer: Optimizer | None = None,
     step: int = 0,
@@ -173,16 +158,14 @@ def save_checkpoint(
     only ever a usable model.
     """
     path = Path(path)
-    if model.vocab_size != len(vocab):
+    if vocab is not None and getattr(model, "vocab_size", len(vocab)) != len(vocab):
         raise CheckpointError(f"the model has vocab_size {model.vocab_size} but the vocabulary {len(vocab)} tokens")
     bad = [name for name, p in model.params.items() if not np.all(np.isfinite(p))]
     if bad:
         raise CheckpointError(f"refusing to save a model with NaN or infinite parameters ({', '.join(bad)})")
 
     arrays: dict[str, np.ndarray] = {f"param/{name}": p for name, p in model.params.items()}
-    if model.feature_mean is not None and model.feature_std is not None:
-        arrays["feature/mean"] = model.feature_mean
-        arrays["feature/std"] = model.feature_std
+    arrays.update({f"constant/{name}": a for name, a in model.constants.items()})
     optimizer_header = None
     if optimizer is not None:
         optimizer_header = {"class": type(optimizer).__name__, "hyperparameters": optimizer.hyperparameters()}
@@ -201,8 +184,9 @@ def save_checkpoint(
         "version": VERSION,
         "minicap_version": __version__,
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model_class": type(model).__name__,
         "model_config": model.config,
-        "vocabulary": vocab.to_dict(),
+        "vocabulary": None if vocab is None else vocab.to_dict(),
         "step": int(step),
         "epoch": int(epoch),
         "metrics": metrics or {},
@@ -272,24 +256,32 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: the checkpoint header is not valid JSON ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is an .npz file but not a minicap checkpoint (header format is not {FORMAT!r})")
-    if header.get("version") != VERSION:
+    if header.get("version") not in (1, VERSION):
         raise CheckpointError(
             f"{path}: checkpoint version {header.get('version')!r}; "
-            f"this minicap ({__version__}) reads version {VERSION}"
+            f"this minicap ({__version__}) reads versions 1 and {VERSION}"
         )
     for key in ("model_config", "vocabulary", "step", "epoch"):
         if key not in header:
             raise CheckpointError(f"{path}: the checkpoint header has no {key!r}")
+    # Version 1 held only captioners, with their standardisation as feature/mean and feature/std.
+    header.setdefault("model_class", "CaptionModel")
+    legacy = {"feature/mean": "constant/feature_mean", "feature/std": "constant/feature_std"}
+    arrays = {legacy.get(k, k): v for k, v in arrays.items()}
+    model_class = SequenceModel.models.get(str(header["model_class"]))
+    if model_class is None:
+        raise CheckpointError(
+            f"{path}: unknown model class {header['model_class']!r} (known: {sorted(SequenceModel.models)})"
+        )
 
     params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
+    constants = {k.removeprefix("constant/"): v for k, v in arrays.items() if k.startswith("constant/")}
     try:
-        vocab = Vocabulary.from_dict(header["vocabulary"])
-        model = CaptionModel.from_config(
-            header["model_config"], params, arrays.get("feature/mean"), arrays.get("feature/std")
-        )
+        vocab = None if header["vocabulary"] is None else Vocabulary.from_dict(header["vocabulary"])
+        model = model_class.from_config(header["model_config"], params, constants)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the saved model does not fit its own config: {e}") from None
-    if model.vocab_size != len(vocab):
+    if vocab is not None and getattr(model, "vocab_size", len(vocab)) != len(vocab):
         raise CheckpointError(f"{path}: model vocab_size {model.vocab_size} but the vocabulary has {len(vocab)} tokens")
 
     optimizer_state: dict[str, Any] = {}

@@ -1,36 +1,44 @@
-"""Training a CaptionModel: the loop, and everything that makes a long run safe to leave alone.
+"""The ONE training loop of minicap: every model of the contract (`minicap.models.base`) is trained by `Trainer`.
 
 One update (a "step") is the textbook recipe:
 
-    batch      = the next minibatch of captions (sampled WITHOUT replacement, reshuffled every epoch)
+    batch      = the next minibatch (sampled WITHOUT replacement, reshuffled every epoch)
     lr         = schedule(updates so far)              linear warm-up then a half cosine (or constant)
-    loss, g    = model.loss(features, captions)        forward and backward, hand-written (minicap.nn)
+    loss, g    = model.loss(*batch)                    forward and backward, hand-written (minicap.nn)
     grad_norm  = clip_grad_norm(g, clip)               global-norm clipping; the norm is logged every step
     stop if loss or grad_norm is NaN/inf               before the update: the parameters stay the last good ones
-    Adam.step(params, g)                               in place
+    optimizer.step(params, g)                          in place (Adam by default)
 
 and after every epoch: validation loss (and optionally a validation metric such as CIDEr), early stopping,
 checkpoints (`last.npz` always, `best.npz` when the validation criterion improved), `history.json`.
 
-Everything a run depends on is in its checkpoint — parameters, Adam's moments and step count (which is also the
-schedule's position), the shuffling generator's state, the epoch and the position inside it, the early-stopping
+What differs from model to model is passed in, never copied into a second loop:
+
+    train_data, val_data   `minicap.dataset.Dataset`s: len, batch(indices) -> the arguments of model.loss, and
+                           epoch(rng, batch_size) -> this epoch's batches (fresh data for the adding problem)
+    val_metric             callable(model) -> float, higher is better (the captioner's validation CIDEr-D)
+    loss_fn                callable(model, batch) -> (loss, grads); default model.loss(*batch). Truncated BPTT
+                           passes one that carries the recurrent state from one chunk to the next.
+    stop_when              callable(history) -> a reason to stop, or None (lesson 01 stops once a task is solved)
+    optimizer              any `minicap.optim.Optimizer` (default: the config's)
+    vocab, encoder, extra  what the checkpoints record beside the model
+
+Everything a run depends on is in its checkpoint — parameters, the optimiser's moments and step count (which is also
+the schedule's position), the shuffling generator's state, the epoch and the position inside it, the early-stopping
 counters and the history — so a run stopped after any epoch (or by a time budget, mid-epoch) and resumed with
 `Trainer.from_checkpoint` ends with exactly the same parameters, bit for bit, as a run that was never stopped.
 
 Files written into `out_dir` (each atomically: a killed run never leaves a half-written file):
 
-    last.npz        the latest state (after every epoch, and when a time budget stops the run)
-    best.npz        the state after the best epoch so far (lowest validation loss, or highest validation metric)
-    history.json    per step: loss, grad_norm, lr; per epoch: train/val loss, metric, seconds, sequences/s
+    last.npz              the latest state (after every epoch, and when a time budget stops the run)
+    best.npz              the state after the best epoch so far (lowest validation loss, or highest metric)
+    history.json          per step: loss, grad_norm, lr; per epoch: train/val loss, metric, seconds, examples/s
     training_curves.png   loss and gradient norm (drawn when `fit` returns, or when training diverges)
-
-Letters: M captions, N batch, T+1 caption length (tokens), F feature size, V vocabulary size.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -38,12 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from minicap.checkpoint import Checkpoint, CheckpointError, encoder_info, load_checkpoint, save_checkpoint
-from minicap.data import CaptionDataset, MissingFeaturesError, Vocabulary, minibatches
-from minicap.model import CaptionModel
-from minicap.optim import Adam, Constant, CosineWithWarmup, Schedule, clip_grad_norm
+from minicap.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from minicap.dataset import Dataset
+from minicap.models.base import SequenceModel
+from minicap.optim import OPTIMIZERS, Adam, Constant, CosineWithWarmup, Optimizer, Schedule, clip_grad_norm, global_norm
 from minicap.safe_io import atomic_write_json
+from minicap.text import Vocabulary
 
 __all__ = [
     "TrainConfig",
@@ -51,18 +61,14 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
-    "train",
-    "new_model",
+    "LossFn",
     "make_schedule",
     "validation_loss",
-    "missing_feature_ids",
-    "check_features_available",
-    "check_feature_size",
-    "feature_statistics",
-    "train_coco",
 ]
 
 LAST, BEST, HISTORY, CURVES = "last.npz", "best.npz", "history.json", "training_curves.png"
+
+LossFn = Callable[[SequenceModel, Any], tuple[np.floating, dict[str, np.ndarray]]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,33 +84,35 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """What a training run does. Saved in every checkpoint; a resumed run uses the saved one.
+    """What the loop does, for any model. Saved in every checkpoint; a resumed run uses the saved one.
 
-    epochs          passes over the training captions
-    batch_size      captions per update (the last batch of an epoch may be smaller)
-    lr              peak learning rate of Adam
+    epochs          passes over the training data
+    batch_size      examples per update (the last batch of an epoch may be smaller)
+    lr              peak learning rate
     schedule        "cosine": linear warm-up over `warmup` of all updates, then a half cosine down to `min_lr`;
                     "constant": `lr` throughout
     warmup          fraction of all updates spent warming up (cosine only)
     min_lr          the cosine's final learning rate
-    clip            global gradient-norm threshold (Pascanu et al. 2013); the norm before clipping is logged
+    clip            global gradient-norm threshold (Pascanu et al. 2013); None measures the norm without clipping
+    optimizer       "Adam", "SGD" or "Momentum" (minicap.optim), unless an optimiser object is passed in
     weight_decay    decoupled (AdamW) weight decay; 0 = plain Adam
     patience        stop after this many epochs without improvement of the validation criterion (None: never)
     seed            seeds the minibatch order (the model has its own initialisation seed)
-    standardise_features  use (features − mean) / std with TRAINING-set statistics, saved with the model
+
+    The captioner's values come from `minicap.config.CaptionerConfig`, the one configuration of the captioner.
     """
 
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 1e-3
     schedule: str = "cosine"
     warmup: float = 0.05
     min_lr: float = 0.0
-    clip: float = 5.0
+    clip: float | None = 5.0
+    optimizer: str = "Adam"
     weight_decay: float = 0.0
     patience: int | None = 5
     seed: int = 0
-    standardise_features: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -115,8 +123,14 @@ class TrainConfig:
             raise ValueError(f'schedule must be "cosine" or "constant", got {self.schedule!r}')
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup is a fraction of all updates in [0, 1), got {self.warmup}")
-        if not (math.isfinite(self.clip) and self.clip > 0):
-            raise ValueError(f"clip must be a finite number > 0, got {self.clip}")
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be a finite number > 0 or None, got {self.clip}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.weight_decay and self.optimizer != "Adam":
+            raise ValueError("weight_decay is decoupled weight decay (AdamW): it needs optimizer='Adam'")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
@@ -130,10 +144,16 @@ class TrainConfig:
             raise ValueError(f"unknown training settings {sorted(unknown)} (known: {sorted(known)})")
         return cls(**d)
 
+    def make_optimizer(self) -> Optimizer:
+        """The optimiser these settings name, at the peak learning rate."""
+        if self.optimizer == "Adam":
+            return Adam(lr=self.lr, weight_decay=self.weight_decay)
+        return OPTIMIZERS[self.optimizer](self.lr)
+
 
 def make_schedule(config: TrainConfig, total_steps: int) -> Schedule:
     """The learning-rate schedule of a run of `total_steps` updates: step -> lr."""
-    if config.schedule == "constant":
+    if config.schedule == "constant" or total_steps < 2:
         return Constant(config.lr)
     warmup_steps = min(int(round(config.warmup * total_steps)), total_steps - 1)
     return CosineWithWarmup(config.lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=config.min_lr)
@@ -143,24 +163,24 @@ def make_schedule(config: TrainConfig, total_steps: int) -> Schedule:
 class TrainState:
     """Where a run is: saved in every checkpoint so that a resumed run continues exactly.
 
-    step                updates done (= Adam's t = the schedule's position)
+    step                updates done (= the optimiser's t = the schedule's position)
     epoch               epochs completed
     batch_in_epoch      minibatches done in the epoch in progress (0 at an epoch boundary)
-    epoch_loss_sum, epoch_sequences, epoch_seconds   the epoch in progress so far (for its mean loss, speed)
+    epoch_loss_sum, epoch_examples, epoch_seconds   the epoch in progress so far (for its mean loss, speed)
     best_score          best validation criterion so far, as "higher is better" (−loss for a loss)
     best_epoch          the epoch (1-based) that reached it
     epochs_since_best   epochs without improvement (early stopping compares it with `patience`)
     last_good_loss      the last finite training loss (reported if training diverges)
-    stopped             None while running; "completed" or "early stopping" once the run has ended
+    stopped             None while running; "completed", "early stopping", a `stop_when` reason, or "diverged"
     criterion           "val_metric", "val_loss" or "train_loss" (without validation data)
-    data                fingerprints of the training and validation captions (resuming on other data is refused)
+    data                fingerprints of the training and validation data (resuming on other data is refused)
     """
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
     epoch_loss_sum: float = 0.0
-    epoch_sequences: int = 0
+    epoch_examples: int = 0
     epoch_seconds: float = 0.0
     best_score: float | None = None
     best_epoch: int | None = None
@@ -175,6 +195,9 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        d = dict(d)
+        if "epoch_sequences" in d:  # the name in checkpoints written before the loop served every model
+            d["epoch_examples"] = d.pop("epoch_sequences")
         known = {f.name for f in dataclasses.fields(cls)}
         if unknown := set(d) - known:
             raise ValueError(f"unknown training-state entries {sorted(unknown)}")
@@ -183,15 +206,20 @@ class TrainState:
 
 @dataclasses.dataclass
 class TrainResult:
-    """What `Trainer.fit` / `train` return.
+    """What `Trainer.fit` returns.
 
     model       the model after the last update (the Trainer's own object)
     best_model  a copy with the parameters of the best epoch (None if no epoch finished)
-    stopped     "completed", "early stopping", "time budget" or "paused" (`until_epoch` reached)
+    stopped     "completed", "early stopping", "time budget", "paused" (`until_epoch` reached), "diverged"
+                (only with on_divergence="stop"), or the reason a `stop_when` rule gave
+    history     {"steps": {"step", "epoch", "loss", "grad_norm", "lr": lists}, "epochs": [per-epoch records],
+                 "initial": {"val_loss", "val_metric"} before the first update, "criterion", "clip"; after a
+                 divergence "diverged_at" (the 0-based step that failed) and "divergence" (its loss and gradient norm
+                 as text, e.g. "inf": JSON has no infinity)}
     """
 
-    model: CaptionModel
-    best_model: CaptionModel | None
+    model: SequenceModel
+    best_model: SequenceModel | None
     history: dict[str, Any]
     stopped: str
     epochs: int
@@ -203,11 +231,20 @@ class TrainResult:
     last_path: Path | None
     best_path: Path | None
 
+    @property
+    def losses(self) -> list[float]:
+        """The training loss of every update, in order."""
+        return list(self.history["steps"]["loss"])
+
+    @property
+    def grad_norms(self) -> list[float]:
+        """The global gradient norm of every update, before clipping."""
+        return list(self.history["steps"]["grad_norm"])
+
     def summary(self) -> str:
         lines = [f"stopped: {self.stopped} after {self.epochs} epochs, {self.steps} updates ({self.seconds:.1f} s)"]
         if self.history["epochs"]:
-            last = self.history["epochs"][-1]
-            lines.append("last epoch: " + _epoch_numbers(last))
+            lines.append("last epoch: " + _epoch_numbers(self.history["epochs"][-1]))
         if self.best_epoch is not None:
             best = self.history["epochs"][self.best_epoch - 1]
             lines.append(f"best epoch {self.best_epoch} by {self.criterion}: " + _epoch_numbers(best))
@@ -225,235 +262,129 @@ def _epoch_numbers(record: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-# ================================================================================================ inputs
-
-
-def new_model(
-    vocab: Vocabulary,
-    feature_size: int,
-    hidden_size: int = 512,
-    wordvec_size: int = 256,
-    cell: str = "lstm",
-    seed: int = 0,
-    dtype: Any = np.float32,
-) -> CaptionModel:
-    """A fresh CaptionModel for `vocab`, its output bias started at the training captions' log word frequencies."""
-    return CaptionModel(
-        len(vocab),
-        feature_size,
-        wordvec_size,
-        hidden_size,
-        cell,
-        dtype=dtype,
-        seed=seed,
-        word_counts=vocab.word_frequencies(),
-    )
-
-
-def _lookup_of(features: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """A FeatureStore / FeatureTable (anything with `.lookup`) or a bare lookup function -> the function."""
-    return features.lookup if hasattr(features, "lookup") else features
-
-
-def missing_feature_ids(image_ids: np.ndarray, features: Any) -> list[int]:
-    """The distinct ids in `image_ids` that `features` (a store, table or lookup function) has no vector for."""
-    lookup = _lookup_of(features)
-    unique = np.unique(np.asarray(image_ids, dtype=np.int64))
-    try:
-        lookup(unique)  # the usual case: everything is there, one call
-        return []
-    except MissingFeaturesError as error:  # a FeatureStore or FeatureTable names the missing ids
-        return sorted(set(error.missing))
-    except LookupError:  # a plain lookup function: find them below
-        pass
-    owner = getattr(lookup, "__self__", None)  # a bound FeatureStore.lookup: its store answers `in` quickly
-    if owner is not None and hasattr(owner, "__contains__"):
-        return [int(i) for i in unique if int(i) not in owner]
-    missing = []
-    for i in unique:  # a plain function: ask id by id (only on this error path)
-        try:
-            lookup(np.array([i]))
-        except LookupError:
-            missing.append(int(i))
-    return missing
-
-
-def check_features_available(image_ids: np.ndarray, features: Any, what: str = "training") -> None:
-    """Raise ONE MissingFeaturesError naming how many images (and captions) lack features, and the first ids.
-
-    Called before training starts, so a missing image fails in a second and not hours into a run.
-    """
-    image_ids = np.asarray(image_ids, dtype=np.int64)
-    missing = missing_feature_ids(image_ids, features)
-    if missing:
-        n_captions = int(np.isin(image_ids, missing).sum())
-        raise MissingFeaturesError(
-            missing,
-            requested=len(np.unique(image_ids)),
-            source=f"the features given ({n_captions} {what} captions belong to these images)",
-        )
-
-
-def check_feature_size(model: CaptionModel, image_ids: np.ndarray, features: Any, what: str = "model") -> None:
-    """FeatureStoreError (a ValueError) unless the features have the model's size F."""
-    from minicap.features import FeatureStoreError
-
-    got = np.asarray(_lookup_of(features)(np.asarray(image_ids[:1], dtype=np.int64)))
-    if got.ndim != 2 or got.shape[1] != model.feature_size:
-        arch = getattr(features, "manifest", {}).get("architecture", "their encoder")
-        raise FeatureStoreError(
-            f"the {what} expects {model.feature_size}-d image features, but the features given are "
-            f"{got.shape[-1]}-d (from {arch}); use features from the encoder the {what} was trained with"
-        )
-
-
-def feature_statistics(image_ids: np.ndarray, features: Any, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation (F,) float64 over the DISTINCT images in `image_ids`.
-
-    Each image counts once however many captions it has. Two passes over chunks (mean, then squared deviations):
-    exact in float64 and never holds all features at once.
-    """
-    lookup = _lookup_of(features)
-    unique = np.unique(np.asarray(image_ids, dtype=np.int64))
-    if unique.size == 0:
-        raise ValueError("no images to compute feature statistics from")
-    total = None
-    for start in range(0, unique.size, chunk):
-        x = np.asarray(lookup(unique[start : start + chunk]), dtype=np.float64)
-        total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
-    mean = total / unique.size
-    squares = np.zeros_like(mean)
-    for start in range(0, unique.size, chunk):
-        x = np.asarray(lookup(unique[start : start + chunk]), dtype=np.float64)
-        squares += ((x - mean) ** 2).sum(axis=0)
-    return mean, np.sqrt(squares / unique.size)
-
-
-def _fingerprint(data: CaptionDataset | None) -> str | None:
-    """A short hash of a dataset's captions and image ids (the same data gives the same string)."""
-    if data is None:
-        return None
-    h = hashlib.sha256()
-    h.update(str(data.captions.shape).encode())
-    h.update(np.ascontiguousarray(data.captions, dtype=np.int32).tobytes())
-    h.update(np.ascontiguousarray(data.image_ids, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
-
-
-def validation_loss(model: CaptionModel, data: CaptionDataset, batch_size: int = 256) -> float:
-    """Mean loss per caption over `data`, in order, without updating anything (nats per caption)."""
+def validation_loss(model: SequenceModel, data: Dataset, batch_size: int = 256) -> float:
+    """Mean loss per example over `data`, in order, without updating anything (forward only)."""
     total, count = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        batch = data.batch(np.arange(start, min(start + batch_size, len(data))))
-        loss, _ = model.loss(batch.features, batch.captions, backward=False)
-        total += float(loss) * len(batch.captions)
-        count += len(batch.captions)
+    for indices in data.in_order(batch_size):
+        loss, _ = model.loss(*data.batch(indices), backward=False)
+        total += float(loss) * len(indices)
+        count += len(indices)
     return total / count
+
+
+def _default_loss(model: SequenceModel, batch: Any) -> tuple[np.floating, dict[str, np.ndarray]]:
+    return model.loss(*batch)
 
 
 # ================================================================================================ the trainer
 
 
 class Trainer:
-    """Trains `model` on `train_data`; see the module docstring for the loop and the files it writes.
+    """Trains `model` (updated in place) on `train_data`; see the module docstring for the loop and its files.
 
     Parameters
     ----------
-    model, vocab : the model to train (updated in place) and its vocabulary (saved in checkpoints).
-    train_data, val_data : `minicap.data.CaptionDataset`s (encoded captions, their image ids, a feature lookup).
-        Every image must have features (checked here, before anything runs). Without `val_data` the criterion for
-        "best" is the training loss and early stopping watches it.
+    model : any model of the contract (`minicap.models.base.SequenceModel`).
+    train_data, val_data : `minicap.dataset.Dataset`s. Without `val_data` the criterion for "best" is the training
+        loss and early stopping watches it.
     config : TrainConfig.
+    optimizer : an optimiser object to use instead of the one `config.optimizer` names (lessons compare them); its
+        learning rate is the run's peak rate and its class and weight decay are recorded in the run's config.
     out_dir : where checkpoints, history.json and the figure go; None writes nothing.
     val_metric : optional `callable(model) -> float`, higher is better (e.g. validation CIDEr). When given, it is
         evaluated after every epoch and is the criterion for best.npz and early stopping instead of the val loss.
-    encoder : what made the features (`minicap.checkpoint.encoder_info`), recorded in checkpoints.
-    extra : JSON-able notes recorded in checkpoints (the CLI records its data split).
-    progress : show a tqdm progress bar with the loss and sequences/s.
-    log : where one line per epoch goes (None: nowhere).
-    plot : draw training_curves.png when `fit` returns (about half a second; k-fold runs may skip it).
+    loss_fn : `callable(model, batch) -> (loss, grads)`; default `model.loss(*batch)`.
+    stop_when : `callable(history) -> str | None`, asked after every epoch: a string stops the run with that reason.
+    on_divergence : "raise" (TrainingDiverged, the default) or "stop" (the run ends with stopped = "diverged").
+    vocab, encoder, extra : recorded in checkpoints (the vocabulary, what made the features, free JSON).
+    progress : show a tqdm progress bar (only on a terminal). log : where one line per epoch goes (None: nowhere).
+    plot : draw training_curves.png when `fit` returns.
     """
 
     def __init__(
         self,
-        model: CaptionModel,
-        vocab: Vocabulary,
-        train_data: CaptionDataset,
-        val_data: CaptionDataset | None = None,
+        model: SequenceModel,
+        train_data: Dataset,
         config: TrainConfig | None = None,
         *,
+        val_data: Dataset | None = None,
+        optimizer: Optimizer | None = None,
         out_dir: str | Path | None = None,
-        val_metric: Callable[[CaptionModel], float] | None = None,
+        val_metric: Callable[[SequenceModel], float] | None = None,
+        loss_fn: LossFn | None = None,
+        stop_when: Callable[[dict[str, Any]], str | None] | None = None,
+        on_divergence: str = "raise",
+        vocab: Vocabulary | None = None,
         encoder: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         progress: bool = True,
         log: Callable[[str], None] | None = print,
         plot: bool = True,
     ) -> None:
-        self.config = config or TrainConfig()
-        if model.vocab_size != len(vocab):
-            raise ValueError(f"the model has vocab_size {model.vocab_size}, the vocabulary {len(vocab)} tokens")
+        config = config or TrainConfig()
+        if optimizer is not None:  # an optimiser object given: its class and peak rate are the run's, recorded as such
+            hyper = optimizer.hyperparameters()
+            config = dataclasses.replace(
+                config,
+                lr=optimizer.lr,
+                optimizer=next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in OPTIMIZERS), "?"),
+                weight_decay=float(hyper.get("weight_decay", 0.0)),
+            )
+        self.config = config
         if len(train_data) == 0:
-            raise ValueError("no training captions")
+            raise ValueError("no training data")
         if val_data is not None and len(val_data) == 0:
             val_data = None  # an empty validation split: as if there were none
+        if on_divergence not in ("raise", "stop"):
+            raise ValueError(f'on_divergence must be "raise" or "stop", got {on_divergence!r}')
+        wanted = getattr(model, "feature_size", None)  # a model that reads image features: F must fit, before any step
         for name, data in (("training", train_data), ("validation", val_data)):
-            if data is not None:
-                check_features_available(data.image_ids, data.features, what=name)
-                check_feature_size(model, data.image_ids, data.features)
-        self.model, self.vocab, self.train_data, self.val_data = model, vocab, train_data, val_data
+            got = getattr(data, "feature_size", None)
+            if wanted is not None and got is not None and got != wanted:
+                raise ValueError(
+                    f"the model expects {wanted}-d image features, but the {name} features given are {got}-d: "
+                    "were they extracted with another encoder?"
+                )
+        self.model, self.train_data, self.val_data = model, train_data, val_data
+        self.vocab, self.encoder, self.extra = vocab, encoder, dict(extra or {})
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.val_metric, self.encoder, self.extra = val_metric, encoder, dict(extra or {})
+        self.val_metric, self.stop_when, self.on_divergence = val_metric, stop_when, on_divergence
+        self.loss_fn = loss_fn or _default_loss
         self.progress, self.log, self.plot = progress, log or (lambda line: None), plot
 
-        if self.config.standardise_features and model.feature_mean is None:
-            # Statistics of the TRAINING images only: validation and test images must not leak into the model.
-            mean, std = feature_statistics(train_data.image_ids, train_data.features)
-            model.set_feature_standardisation(mean, std)
-
-        self.batches_per_epoch = math.ceil(len(train_data) / self.config.batch_size)
+        self.batches_per_epoch = train_data.batches_per_epoch(self.config.batch_size)
         self.total_steps = self.config.epochs * self.batches_per_epoch
         self.schedule = make_schedule(self.config, self.total_steps)
-        self.optimizer = Adam(lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.optimizer = optimizer if optimizer is not None else self.config.make_optimizer()
         self.rng = np.random.default_rng(self.config.seed)  # the minibatch order, and nothing else
         self._epoch_start_rng_state = self.rng.bit_generator.state
         criterion = "val_metric" if val_metric else ("val_loss" if val_data is not None else "train_loss")
-        data = {"train": _fingerprint(train_data), "val": _fingerprint(val_data)}
+        data = {"train": train_data.fingerprint(), "val": None if val_data is None else val_data.fingerprint()}
         self.state = TrainState(criterion=criterion, data=data)
         self.history: dict[str, Any] = {
             "criterion": criterion,
             "clip": self.config.clip,
             "steps": {"step": [], "epoch": [], "loss": [], "grad_norm": [], "lr": []},
             "epochs": [],
+            "initial": None,
         }
         self.best_params: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------------ resuming
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        checkpoint: str | Path | Checkpoint,
-        train_data: CaptionDataset,
-        val_data: CaptionDataset | None = None,
-        *,
-        out_dir: str | Path | None = None,
-        val_metric: Callable[[CaptionModel], float] | None = None,
-        encoder: dict[str, Any] | None = None,
-        progress: bool = True,
-        log: Callable[[str], None] | None = print,
-        plot: bool = True,
-    ) -> Trainer:
+    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, train_data: Dataset, **kwargs: Any) -> Trainer:
         """Continue the run saved in `checkpoint` (usually `last.npz`) on the SAME data.
 
-        Restores the model, Adam's state, the generator state, the position in the epoch, the early-stopping
-        counters and the history. Refuses (ValueError) data whose fingerprint differs from the saved one, a
-        different validation criterion, and features of another size or (when `encoder` is given) another encoder.
-        `out_dir` defaults to the checkpoint's folder.
+        Restores the model, the optimiser's state, the generator state, the position in the epoch, the
+        early-stopping counters and the history. Refuses (ValueError) data whose fingerprint differs from the saved
+        one, a different validation criterion, and (when `encoder` is given) features from another encoder.
+        `out_dir` defaults to the checkpoint's folder. Other keyword arguments are the constructor's.
         """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         if ckpt.train_config is None or ckpt.train_state is None or ckpt.header.get("rng") is None:
             raise CheckpointError(f"{ckpt.path} holds a model but no training state: it cannot be resumed")
+        encoder = kwargs.get("encoder")
         saved_sha = ckpt.encoder.get("onnx_sha256")
         if encoder is not None and saved_sha and encoder.get("onnx_sha256") and encoder["onnx_sha256"] != saved_sha:
             raise ValueError(
@@ -461,20 +392,18 @@ class Trainer:
                 f"({ckpt.encoder.get('architecture')}), these come from {encoder['onnx_sha256'][:12]}... "
                 f"({encoder.get('architecture')}): resume with the same features"
             )
-        trainer = cls(
-            ckpt.model,
-            ckpt.vocab,
-            train_data,
-            val_data,
-            TrainConfig.from_dict(ckpt.train_config),
-            out_dir=ckpt.path.parent if out_dir is None else out_dir,
-            val_metric=val_metric,
-            encoder=encoder or ckpt.encoder or None,
-            extra=ckpt.extra,
-            progress=progress,
-            log=log,
-            plot=plot,
-        )
+        config = TrainConfig.from_dict(ckpt.train_config)
+        saved_optimizer = ckpt.header.get("optimizer") or {"class": config.optimizer, "hyperparameters": {}}
+        optimizer = OPTIMIZERS[saved_optimizer["class"]](config.lr, **saved_optimizer["hyperparameters"])
+        kwargs = {
+            "out_dir": ckpt.path.parent,
+            "vocab": ckpt.vocab,
+            "extra": ckpt.extra,
+            **kwargs,
+            "encoder": encoder or ckpt.encoder or None,
+            "optimizer": optimizer,
+        }
+        trainer = cls(ckpt.model, train_data, config, **kwargs)
         saved = TrainState.from_dict(ckpt.train_state)
         if saved.criterion != trainer.state.criterion:
             raise ValueError(
@@ -483,13 +412,15 @@ class Trainer:
             )
         if saved.data != trainer.state.data:
             raise ValueError(
-                f"the captions differ from those {ckpt.path} was trained on (fingerprints {saved.data} vs "
+                f"the data differ from those {ckpt.path} was trained on (fingerprints {saved.data} vs "
                 f"{trainer.state.data}): resume with the same captions file, split seed, min count and max length"
             )
         trainer.optimizer.load_state_dict(ckpt.optimizer_state, params=trainer.model.params)
-        trainer._epoch_start_rng_state = ckpt.make_rng().bit_generator.state
+        rng = ckpt.make_rng()
+        assert rng is not None
+        trainer._epoch_start_rng_state = rng.bit_generator.state
         trainer.state = saved
-        trainer.history = ckpt.history
+        trainer.history = {"initial": None, **ckpt.history}
         trainer.best_params = trainer._load_best_params(ckpt)
         return trainer
 
@@ -515,11 +446,15 @@ class Trainer:
         until_epoch : stop (as "paused") once this many epochs are complete; resume later with `from_checkpoint`.
         max_seconds : a time budget for this call; when it runs out, the run stops after the current update,
             saving `last.npz` mid-epoch so that it can be resumed exactly.
-        Raises TrainingDiverged if the loss or gradient norm stops being finite (checkpoints stay as they were).
+        Raises TrainingDiverged if the loss or gradient norm stops being finite (checkpoints stay as they were),
+        unless on_divergence="stop".
         """
         started = time.perf_counter()
         st = self.state
         first_step = st.step
+        if st.step == 0 and self.history.get("initial") is None:
+            val_loss, val_metric = self._validate()
+            self.history["initial"] = {"val_loss": val_loss, "val_metric": val_metric}
         while True:
             if st.stopped is not None:
                 reason = st.stopped
@@ -528,16 +463,21 @@ class Trainer:
             elif max_seconds is not None and st.step > first_step and time.perf_counter() - started >= max_seconds:
                 reason = "time budget"  # (every call makes at least one update, so repeated calls make progress)
             else:
-                reason = self._run_epoch(started, max_seconds)
+                try:
+                    reason = self._run_epoch(started, max_seconds)
+                except TrainingDiverged:
+                    if self.on_divergence == "raise":
+                        raise
+                    st.stopped = reason = "diverged"
             if reason is not None:
                 break
         self._write_history(reason)
         self._plot()
         best_model = None
         if self.best_params is not None:
-            best_model = CaptionModel.from_config(
-                self.model.config, self.best_params, self.model.feature_mean, self.model.feature_std
-            )
+            best_model = self.model.copy()
+            for name, value in self.best_params.items():
+                best_model.params[name][...] = value
         return TrainResult(
             model=self.model,
             best_model=best_model,
@@ -555,13 +495,11 @@ class Trainer:
 
     def _run_epoch(self, started: float, max_seconds: float | None) -> str | None:
         """The rest of the current epoch. Returns "time budget" if it stopped early, else None."""
-        from tqdm import tqdm
-
         st, cfg = self.state, self.config
-        # This epoch's order: a fresh permutation drawn from the generator as it was when the epoch began, so a
-        # run resumed mid-epoch draws the same order and skips the batches it has done.
+        # This epoch's batches: drawn from the generator as it was when the epoch began, so a run resumed
+        # mid-epoch draws the same order and skips the batches it has done.
         self.rng.bit_generator.state = self._epoch_start_rng_state
-        batches = list(minibatches(len(self.train_data), cfg.batch_size, self.rng))
+        batches = self.train_data.epoch(self.rng, cfg.batch_size)
         bar = tqdm(
             total=len(batches),
             initial=st.batch_in_epoch,
@@ -573,22 +511,22 @@ class Trainer:
         )
         clock = time.perf_counter()
         try:
-            for indices in batches[st.batch_in_epoch :]:
-                loss = self._step(indices)
+            for key in batches[st.batch_in_epoch :]:
+                loss, examples = self._step(key)
                 st.batch_in_epoch += 1
-                st.epoch_loss_sum += loss * len(indices)
-                st.epoch_sequences += len(indices)
+                st.epoch_loss_sum += loss * examples
+                st.epoch_examples += examples
                 seconds = st.epoch_seconds + time.perf_counter() - clock
                 bar.set_postfix(
-                    loss=f"{st.epoch_loss_sum / st.epoch_sequences:.3f}",
-                    seq_s=f"{st.epoch_sequences / max(seconds, 1e-9):.0f}",
+                    loss=f"{st.epoch_loss_sum / st.epoch_examples:.3f}",
+                    per_s=f"{st.epoch_examples / max(seconds, 1e-9):.0f}",
                     refresh=False,
                 )
                 bar.update(1)
                 out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
                 if out_of_time and st.batch_in_epoch < len(batches):
                     st.epoch_seconds += time.perf_counter() - clock
-                    self._save(LAST, metrics={"train_loss_so_far": st.epoch_loss_sum / st.epoch_sequences})
+                    self._save(LAST, metrics={"train_loss_so_far": st.epoch_loss_sum / st.epoch_examples})
                     return "time budget"
         finally:
             bar.close()
@@ -596,25 +534,37 @@ class Trainer:
         self._end_epoch()
         return None
 
-    def _step(self, indices: np.ndarray) -> float:
-        """One update on the captions `indices`. Returns the batch loss."""
+    def _step(self, key: Any) -> tuple[float, int]:
+        """One update on the batch `key` names. Returns the batch loss and its number of examples."""
         st = self.state
-        batch = self.train_data.batch(indices)
-        self.optimizer.lr = self.schedule(self.optimizer.t)  # Adam's t counts updates: the schedule's position
-        loss, grads = self.model.loss(batch.features, batch.captions)
-        grad_norm = clip_grad_norm(grads, self.config.clip)  # the norm BEFORE clipping
+        batch = self.train_data.batch(key)
+        self.optimizer.lr = self.schedule(self.optimizer.t)  # the optimiser's t counts updates: the schedule's position
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, not warned about
+            loss, grads = self.loss_fn(self.model, batch)
+            clip = self.config.clip
+            grad_norm = global_norm(grads) if clip is None else clip_grad_norm(grads, clip)  # the norm BEFORE clipping
+        steps = self.history["steps"]
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.history["divergence"] = {"loss": repr(float(loss)), "grad_norm": repr(float(grad_norm))}
             raise self._diverged(f"loss = {float(loss)}, gradient norm = {grad_norm}")
         self.optimizer.step(self.model.params, grads)
         st.step += 1
         st.last_good_loss = float(loss)
-        steps = self.history["steps"]
         steps["step"].append(st.step)
         steps["epoch"].append(st.epoch + 1)
         steps["loss"].append(float(loss))
         steps["grad_norm"].append(float(grad_norm))
         steps["lr"].append(self.optimizer.lr)
-        return float(loss)
+        return float(loss), len(batch[0])  # every loss takes a batch of examples first (features, words, x)
+
+    def _validate(self) -> tuple[float | None, float | None]:
+        """(validation loss, validation metric), each None when not configured."""
+        val_loss = None
+        if self.val_data is not None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                val_loss = validation_loss(self.model, self.val_data, max(self.config.batch_size, 256))
+        val_metric = None if self.val_metric is None else float(self.val_metric(self.model))
+        return val_loss, val_metric
 
     def _end_epoch(self) -> None:
         """Validate, update early stopping, record the epoch, write the checkpoints and the history."""
@@ -622,18 +572,13 @@ class Trainer:
         bad = [name for name, p in self.model.params.items() if not np.all(np.isfinite(p))]
         if bad:
             raise self._diverged(f"parameters {', '.join(bad)} hold NaN or infinity", in_update=False)
-        train_loss = st.epoch_loss_sum / st.epoch_sequences
+        train_loss = st.epoch_loss_sum / st.epoch_examples
         clock = time.perf_counter()
-        val_loss = None
-        if self.val_data is not None:
-            val_loss = validation_loss(self.model, self.val_data, max(cfg.batch_size, 256))
-            if not math.isfinite(val_loss):
-                raise self._diverged(f"validation loss = {val_loss}", in_update=False)
-        val_metric = None
-        if self.val_metric is not None:
-            val_metric = float(self.val_metric(self.model))
-            if not math.isfinite(val_metric):
-                raise ValueError(f"val_metric returned {val_metric} after epoch {st.epoch + 1}; it must be finite")
+        val_loss, val_metric = self._validate()
+        if val_loss is not None and not math.isfinite(val_loss):
+            raise self._diverged(f"validation loss = {val_loss}", in_update=False)
+        if val_metric is not None and not math.isfinite(val_metric):
+            raise ValueError(f"val_metric returned {val_metric} after epoch {st.epoch + 1}; it must be finite")
         val_seconds = time.perf_counter() - clock
 
         # Early stopping works on a score where higher is better: the metric, or minus a loss.
@@ -642,6 +587,7 @@ class Trainer:
             "val_loss": None if val_loss is None else -val_loss,
             "train_loss": -train_loss,
         }[st.criterion]
+        assert score is not None
         improved = st.best_score is None or score > st.best_score
         if improved:
             st.best_score, st.best_epoch, st.epochs_since_best = score, st.epoch + 1, 0
@@ -657,19 +603,21 @@ class Trainer:
             "lr": self.optimizer.lr,
             "seconds": st.epoch_seconds,
             "val_seconds": val_seconds,
-            "sequences_per_second": st.epoch_sequences / max(st.epoch_seconds, 1e-9),
+            "examples_per_second": st.epoch_examples / max(st.epoch_seconds, 1e-9),
             "best": improved,
         }
         self.history["epochs"].append(record)
 
         # The epoch is complete: move the state to the next epoch boundary, THEN save it.
         st.epoch += 1
-        st.batch_in_epoch, st.epoch_loss_sum, st.epoch_sequences, st.epoch_seconds = 0, 0.0, 0, 0.0
+        st.batch_in_epoch, st.epoch_loss_sum, st.epoch_examples, st.epoch_seconds = 0, 0.0, 0, 0.0
         self._epoch_start_rng_state = self.rng.bit_generator.state
         if st.epoch >= cfg.epochs:
             st.stopped = "completed"
         elif cfg.patience is not None and st.epochs_since_best >= cfg.patience:
             st.stopped = "early stopping"
+        elif self.stop_when is not None and (reason := self.stop_when(self.history)):
+            st.stopped = reason
         metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric}
         self._save(LAST, metrics)
         if improved:
@@ -677,7 +625,8 @@ class Trainer:
         self._write_history(st.stopped)
         self.log(
             f"epoch {record['epoch']}/{cfg.epochs}: {_epoch_numbers(record)}, lr {record['lr']:.2e}, "
-            f"{record['sequences_per_second']:.0f} seq/s ({record['seconds']:.1f} s)" + (" *best*" if improved else "")
+            f"{record['examples_per_second']:.0f} examples/s ({record['seconds']:.1f} s)"
+            + (" *best*" if improved else "")
         )
 
     # ------------------------------------------------------------------------------------------ files
@@ -739,204 +688,8 @@ class Trainer:
             + (f"; the last good checkpoint is {kept}" if kept else "")
             + ". Try a lower learning rate (--lr) or a smaller clipping threshold (--clip)."
         )
+        self.history["diverged_at"] = st.step if in_update else st.step - 1
         self._write_history(f"diverged: {what}")
         self._plot()
         step = st.step + 1 if in_update else st.step
         return TrainingDiverged(message, step=step, epoch=st.epoch + 1, last_good_loss=st.last_good_loss)
-
-
-# ================================================================================================ one call
-
-
-def train(
-    captions: np.ndarray,
-    image_ids: np.ndarray,
-    features: Any,
-    vocab: Vocabulary,
-    *,
-    val_captions: np.ndarray | None = None,
-    val_image_ids: np.ndarray | None = None,
-    model: CaptionModel | None = None,
-    config: TrainConfig | None = None,
-    out_dir: str | Path | None = None,
-    resume: str | Path | Checkpoint | None = None,
-    val_metric: Callable[[CaptionModel], float] | None = None,
-    until_epoch: int | None = None,
-    max_seconds: float | None = None,
-    encoder: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
-    plot: bool = True,
-) -> TrainResult:
-    """Train a captioner on encoded captions: the whole of `Trainer` in one call.
-
-    captions : (M, T+1) int, from `minicap.data.encode_captions`; image_ids : (M,) their images.
-    features : a FeatureStore (or FeatureTable, or a lookup function ids (N,) -> (N, F)). Captions whose images
-        have no features raise ONE MissingFeaturesError with the count and the first ids, before training.
-    val_captions, val_image_ids : the validation split, same form (optional).
-    model : the model to train; default `new_model(vocab, F)`. Ignored when resuming.
-    resume : a checkpoint to continue (its model, settings and state are used; `config` is ignored).
-    The other arguments are `Trainer`'s and `Trainer.fit`'s.
-    """
-    lookup = _lookup_of(features)
-    image_ids = np.asarray(image_ids, dtype=np.int64)
-    check_features_available(image_ids, lookup, what="training")
-    train_data = CaptionDataset(captions, image_ids, lookup, check=False)
-    val_data = None
-    if val_captions is not None:
-        if val_image_ids is None:
-            raise ValueError("val_captions needs val_image_ids")
-        check_features_available(val_image_ids, lookup, what="validation")
-        val_data = CaptionDataset(val_captions, val_image_ids, lookup, check=False)
-    if encoder is None and hasattr(features, "manifest") and hasattr(features, "feature_size"):
-        encoder = encoder_info(features)
-    common = dict(out_dir=out_dir, val_metric=val_metric, encoder=encoder, progress=progress, log=log, plot=plot)
-    if resume is not None:
-        trainer = Trainer.from_checkpoint(resume, train_data, val_data, **common)
-    else:
-        if model is None:
-            model = new_model(vocab, int(np.asarray(lookup(image_ids[:1])).shape[1]))
-        trainer = Trainer(model, vocab, train_data, val_data, config, extra=extra, **common)
-    return trainer.fit(until_epoch=until_epoch, max_seconds=max_seconds)
-
-
-# ================================================================================================ from files (CLI)
-
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test, by image
-DATA_DEFAULTS = {"split_seed": 0, "max_length": 16, "min_count": 5}
-MODEL_DEFAULTS = {"hidden_size": 512, "wordvec_size": 256, "cell": "lstm"}
-
-
-def train_coco(
-    features: str | Path,
-    captions: str | Path,
-    out_dir: str | Path | None = None,
-    *,
-    resume: str | Path | None = None,
-    split_seed: int | None = None,
-    max_length: int | None = None,
-    min_count: int | None = None,
-    hidden_size: int | None = None,
-    wordvec_size: int | None = None,
-    cell: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    schedule: str | None = None,
-    clip: float | None = None,
-    patience: int | None = None,
-    seed: int | None = None,
-    max_seconds: float | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
-) -> TrainResult:
-    """`minicap train`: a feature store and a COCO captions JSON in, a trained captioner in `out_dir`.
-
-    1. Load the features (FeatureStore) and the captions (empty/whitespace captions are dropped and counted).
-    2. Split the images 80/10/10 into train/val/test with `split_seed`; the val and test image ids are recorded
-       in the checkpoints (header extra["data"]), so evaluation uses exactly the held-out images.
-    3. Build the vocabulary from the TRAINING captions only (words seen >= `min_count` times), encode the
-       captions (at most `max_length` words; longer ones are truncated and counted).
-    4. Train (`Trainer`), writing last.npz, best.npz, history.json and training_curves.png into `out_dir`.
-
-    Options left as None take their defaults (DATA_DEFAULTS, MODEL_DEFAULTS, TrainConfig) — or, with `resume`,
-    the checkpoint's values; an option given explicitly that differs from the checkpoint's is an error (a
-    resumed run continues the same run). `patience=0` turns early stopping off. `out_dir` defaults to
-    "runs/train", or the checkpoint's folder when resuming.
-    """
-    from minicap.data import encode_captions, load_coco_captions, split_by_image
-    from minicap.features import FeatureStore
-
-    log = log or (lambda line: None)
-    store = FeatureStore.load(features)
-    coco = load_coco_captions(captions)
-    log(f"captions: {coco.summary()}")
-    log(f"features: {len(store)} images x {store.feature_size} ({store.manifest.get('architecture', 'unknown')})")
-
-    data_opts = {"split_seed": split_seed, "max_length": max_length, "min_count": min_count}
-    model_opts = {"hidden_size": hidden_size, "wordvec_size": wordvec_size, "cell": cell}
-    train_opts = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "schedule": schedule,
-        "clip": clip,
-        "patience": patience,
-        "seed": seed,
-    }
-    given = {k: v for k, v in {**data_opts, **model_opts, **train_opts}.items() if v is not None}
-    if patience == 0:
-        given["patience"] = None  # 0 on the command line: no early stopping
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        store.check_feature_size(ckpt.model.feature_size, what=f"checkpoint {resume}")
-        saved = {**ckpt.extra.get("data", {}), **ckpt.model.config, **(ckpt.train_config or {})}
-        conflicts = [f"{k}={v!r} (checkpoint: {saved[k]!r})" for k, v in given.items() if k in saved and saved[k] != v]
-        if conflicts:
-            raise ValueError(
-                f"resuming {resume} continues that run with its own settings; these options differ: "
-                + "; ".join(conflicts)
-            )
-        given = {k: saved[k] for k in DATA_DEFAULTS if k in saved}
-    data_opts = {k: given.get(k, default) for k, default in DATA_DEFAULTS.items()}
-    model_opts = {k: given.get(k, default) for k, default in MODEL_DEFAULTS.items()}
-
-    split = split_by_image(coco.image_ids(), SPLIT_FRACTIONS, seed=data_opts["split_seed"])
-    part_of = {int(i): name for name, ids in split.items() for i in ids}
-    parts: dict[str, list[tuple[int, str]]] = {name: [] for name in split}
-    for image_id, text in coco.captions:
-        parts[part_of[image_id]].append((image_id, text))
-    vocab = ckpt.vocab if ckpt else Vocabulary.from_captions((t for _, t in parts["train"]), data_opts["min_count"])
-    encoded = {name: encode_captions(parts[name], vocab, data_opts["max_length"]) for name in ("train", "val")}
-    log(
-        f"split (seed {data_opts['split_seed']}): {len(split['train'])} / {len(split['val'])} / "
-        f"{len(split['test'])} images for train / val / test"
-    )
-    log(f"vocabulary: {len(vocab)} tokens (words seen >= {vocab.min_count} times in the training captions)")
-    for name, enc in encoded.items():
-        log(f"{name}: {enc.summary()}")
-
-    extra = {
-        "data": {
-            **data_opts,
-            "captions_file": str(captions),
-            "features_file": str(features),
-            "split_fractions": list(SPLIT_FRACTIONS),
-            "num_images": {name: len(ids) for name, ids in split.items()},
-            "val_image_ids": split["val"].tolist(),
-            "test_image_ids": split["test"].tolist(),
-            "empty_captions_dropped": coco.num_dropped_empty,
-            "truncated": {name: enc.num_truncated for name, enc in encoded.items()},
-        }
-    }
-    model = config = None
-    if ckpt is None:
-        config = TrainConfig(**{k: v for k, v in given.items() if k in train_opts})
-        model = new_model(vocab, store.feature_size, seed=config.seed, **model_opts)
-        log(f"model: {model.cell.upper()}, {model.num_params():,} parameters ({model.config})")
-    out_dir = Path(out_dir if out_dir is not None else (Path(resume).parent if resume is not None else "runs/train"))
-    if ckpt is None and (out_dir / LAST).exists():
-        raise ValueError(
-            f"{out_dir} already holds a run ({out_dir / LAST}); continue it with --resume {out_dir / LAST}, "
-            "or choose another --out"
-        )
-    val = encoded["val"]
-    return train(
-        encoded["train"].captions,
-        encoded["train"].image_ids,
-        store,
-        vocab,
-        val_captions=val.captions if len(val.captions) else None,
-        val_image_ids=val.image_ids if len(val.captions) else None,
-        model=model,
-        config=config,
-        out_dir=out_dir,
-        resume=ckpt,
-        max_seconds=max_seconds,
-        encoder=encoder_info(store, features),
-        extra=extra,
-        progress=progress,
-        log=log,
-    )
