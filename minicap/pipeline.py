@@ -1,16 +1,17 @@
-"""minicap's main job end to end: a COCO folder in; captions, metrics and a figure out.
+"""minicap's main job end to end: a COCO folder (or a features file and a captions file) in; a trained captioner,
+captions, metrics and a figure out.
 
-DESIGN says only the CLI and the lessons tie the pieces together. This module IS that tying, written once so that
-`minicap demo` / `minicap caption` / `minicap evaluate` and lesson 06 run the same code; it holds no maths of its
-own. The stages, each a call into the library:
+Only this module and the CLI tie the pieces together; it holds no maths of its own, and nothing below imports it.
+Every command runs the same stages, configured by the one `CaptionerConfig`:
 
-    DIR/images/*.jpg + DIR/captions.json                          (find_coco: a clear message when absent)
-      │ minicap.encoders : EfficientNet-Lite0 .pth ──▶ ONNX graph  (ensure_encoder: built once, cached)
-      │ minicap.features : JPEG ──▶ ONNX Runtime ──▶ FeatureStore   (ensure_features: once, resumable, reused)
-      │ minicap.data     : split BY IMAGE: train / val / test      (demo_split, deterministic seed)
-      │ minicap.evaluate : train (best epoch by validation CIDEr-D), caption the test images greedy and with beam
-      │                    search, the two baselines, BLEU / METEOR / ROUGE-L / CIDEr
-      ▼ minicap.plots    : held-out photos beside their generated and reference captions
+    DIR/images/*.jpg + DIR/captions.json                           (minicap.coco.find_coco: a clear message if absent)
+      │ minicap.vision.encoders : EfficientNet-Lite0 .pth ──▶ ONNX graph   (ensure_encoder: built once, cached)
+      │ minicap.vision.extract  : JPEG ──▶ ONNX Runtime ──▶ FeatureStore    (ensure_features: once, resumable)
+      │ minicap.coco            : split BY IMAGE: train / val / test       (split_images, deterministic seed)
+      │ minicap.captioner       : vocabulary, model, the one Trainer (best epoch by validation CIDEr-D)
+      │ minicap.experiments     : the test images captioned greedily and by beam search, the two baselines,
+      │                           BLEU / METEOR / ROUGE-L / CIDEr
+      ▼ minicap.plots           : held-out photos beside their generated and reference captions
 
 Files of a demo run (`out_dir`, default runs/demo; the encoder and the features are reused by later runs):
 
@@ -29,7 +30,6 @@ for each other, and a thread that has lost its core stalls both. The CLI therefo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,38 +38,46 @@ from typing import Any
 
 import numpy as np
 
-from minicap.data import CocoCaptions, load_coco_captions, split_by_image
-from minicap.evaluate import (
-    MODEL_GREEDY,
-    NEAREST_NEIGHBOUR,
-    CaptionerSettings,
+from minicap.baselines import NEAREST_NEIGHBOUR, baseline_captions
+from minicap.captioner import TrainedCaptioner, train_captioner
+from minicap.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from minicap.coco import (
+    CocoCaptions,
+    CocoFolder,
+    coco_image_paths,
+    coco_photo_path,
+    find_coco,
+    load_coco_captions,
+    split_images,
+)
+from minicap.config import CaptionerConfig
+from minicap.decode import generate_captions
+from minicap.experiments import MODEL_GREEDY, HoldoutResult, holdout_evaluation, model_beam
+from minicap.metrics import (
     CaptionScorer,
     EvaluationUnavailable,
-    HoldoutResult,
-    baseline_captions,
     check_eval_dependencies,
     format_metrics_table,
-    generate_captions,
-    holdout_evaluation,
-    model_beam,
     score_systems,
     write_coco_results,
 )
-from minicap.safe_io import atomic_write_json
+from minicap.models import CaptionModel
+from minicap.safe_io import atomic_write_json, sha256_file
+from minicap.text import Vocabulary
+from minicap.vision.store import FeatureStore
 
 __all__ = [
-    "CocoDataMissing",
-    "CocoFolder",
-    "DEMO_SETTINGS",
-    "find_coco",
+    "DEMO_TIME_BUDGET",
     "ensure_encoder",
     "ensure_features",
     "captions_with_features",
-    "demo_split",
     "make_scorer",
     "DemoResult",
     "run_demo",
-    "coco_photo_path",
+    "split_record",
+    "config_split",
+    "train_from_files",
+    "load_captioner",
     "EncoderNotFound",
     "resolve_encoder",
     "CaptionRun",
@@ -79,61 +87,16 @@ __all__ = [
 
 Log = Callable[[str], None]
 
-# The demo's settings: CaptionerSettings' cross-validated defaults plus a time budget for training, so that the
-# whole demo stays within ~3 minutes on 2 cores (the budget only bites on a slow or busy machine).
-DEMO_SETTINGS = CaptionerSettings(max_train_seconds=100.0)
-
-DOWNLOAD_HINT = """\
-Get some COCO data first, in this layout:
-    DIR/images/*.jpg      the photos (COCO 2017 names, 000000000139.jpg, or COCO 2014 names)
-    DIR/captions.json     COCO captions JSON for them
-Either download a few hundred photos (needs the internet):
-    1. get captions_val2017.json: it is in annotations_trainval2017.zip from
-       http://images.cocodataset.org/annotations/annotations_trainval2017.zip (https://cocodataset.org/#download)
-    2. minicap data download --captions captions_val2017.json --limit 300 --out data/coco
-or point at a folder you already have:
-    MINICAP_COCO=/path/to/coco make demo        (or: minicap demo --coco /path/to/coco)"""
-
-
-# ============================================================================================ the COCO folder
-
-
-class CocoDataMissing(FileNotFoundError):
-    """The COCO folder is absent or incomplete; the message says what is missing and how to get data."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CocoFolder:
-    """A COCO folder: `root/images/*.jpg` and `root/captions.json`."""
-
-    root: Path
-    images: Path
-    captions: Path
-
-
-def find_coco(coco_dir: str | os.PathLike) -> CocoFolder:
-    """Check that `coco_dir` holds images/ (with at least one .jpg) and captions.json; else CocoDataMissing."""
-    root = Path(coco_dir)
-    images, captions = root / "images", root / "captions.json"
-    if not root.is_dir():
-        problem = f"no COCO data at {root}: the folder does not exist."
-    elif not captions.is_file():
-        problem = f"no COCO data at {root}: {captions} is missing."
-    elif not images.is_dir():
-        problem = f"no COCO data at {root}: the folder {images} is missing."
-    elif not any(p.suffix.lower() in (".jpg", ".jpeg") for p in images.iterdir()):
-        problem = f"no COCO data at {root}: {images} holds no .jpg files."
-    else:
-        return CocoFolder(root, images, captions)
-    raise CocoDataMissing(f"{problem}\n{DOWNLOAD_HINT}")
-
+# The demo trains the one configuration with a time budget, so that the whole demo stays within ~3 minutes on
+# 2 cores (the budget only bites on a slow or busy machine; the run stops resumably when it does).
+DEMO_TIME_BUDGET = 100.0
 
 # ============================================================================================ encoder, features
 
 
 def ensure_encoder(work_dir: str | os.PathLike, arch: str = "efficientnet_lite0", log: Log | None = None) -> Path:
     """`work_dir/<arch>.onnx`, built from the installed pretrained weights unless a valid one is already there."""
-    from minicap.encoders import build_encoder, read_encoder_metadata, save_encoder
+    from minicap.vision.encoders import build_encoder, read_encoder_metadata, save_encoder
 
     log = log or (lambda line: None)
     path = Path(work_dir) / f"{arch}.onnx"
@@ -158,17 +121,17 @@ def ensure_features(
     progress: bool = True,
     log: Log | None = None,
     coco: CocoCaptions | None = None,
-) -> Any:
+) -> FeatureStore:
     """The FeatureStore of every photo of `folder` (or only of `coco`'s images) at `features_path`: extracted
     once, then reused.
 
     `extract_features` is resumable and keyed by the ONNX file's sha256: images already in the store are reused,
     only new ones go through ONNX Runtime, and a store from another encoder is refused (never mixed).
     """
-    from minicap.features import coco_image_paths, extract_features
+    from minicap.vision.extract import extract_features
 
     log = log or (lambda line: None)
-    paths = coco_image_paths(folder.captions, folder.images)
+    paths = coco_image_paths(coco if coco is not None else folder.captions, folder.images)
     if coco is not None:
         paths = {i: p for i, p in paths.items() if i in coco.images}
     store = extract_features(paths, encoder_path, features_path, progress=progress)
@@ -182,7 +145,7 @@ def ensure_features(
     return store
 
 
-def captions_with_features(coco: CocoCaptions, store: Any, log: Log | None = None) -> CocoCaptions:
+def captions_with_features(coco: CocoCaptions, store: FeatureStore, log: Log | None = None) -> CocoCaptions:
     """The captions of the images that have features (photos missing from the folder, or unreadable, drop out)."""
     log = log or (lambda line: None)
     have = [int(i) for i in coco.image_ids() if int(i) in store]
@@ -192,19 +155,6 @@ def captions_with_features(coco: CocoCaptions, store: Any, log: Log | None = Non
     if not have:
         raise ValueError("none of the captioned images has features: nothing to train on")
     return coco.subset(have)
-
-
-def demo_split(
-    image_ids: Sequence[int] | np.ndarray, test_images: int = 30, val_fraction: float = 0.1, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """train / val / test image ids: `test_images` held out (at most a fifth of the images), then `val_fraction`
-    of the rest (at least one image) for early stopping. Deterministic in (id set, seed)."""
-    n = len(np.unique(np.asarray(image_ids)))
-    if n < 3:
-        raise ValueError(f"need at least 3 images to split into train/val/test, got {n}")
-    n_test = max(1, min(test_images, n // 5))
-    n_val = max(1, int(round(val_fraction * (n - n_test))))
-    return split_by_image(image_ids, [n - n_test - n_val, n_val, n_test], seed=seed)
 
 
 def make_scorer(log: Log | None = None) -> CaptionScorer | None:
@@ -255,13 +205,33 @@ def _slug(system: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in system).strip("_").replace("__", "_")
 
 
+def split_record(
+    captions_file: str | os.PathLike, features_file: str | os.PathLike, split: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """What a checkpoint records about its data (header extra["data"]): the files and the split by image, so that
+    `minicap evaluate --checkpoint` later scores exactly the held-out test images."""
+    return {
+        "captions_file": str(Path(captions_file).resolve()),
+        "features_file": str(Path(features_file).resolve()),
+        "num_images": {k: len(v) for k, v in split.items()},
+        "val_image_ids": split["val"].tolist(),
+        "test_image_ids": split["test"].tolist(),
+    }
+
+
+def config_split(coco: CocoCaptions, config: CaptionerConfig) -> dict[str, np.ndarray]:
+    """The configuration's train / val / test split of the captioned images (`minicap.coco.split_images`)."""
+    return split_images(
+        coco.image_ids(), config.test_fraction, config.min_test_images, config.val_fraction, config.split_seed
+    )
+
+
 def run_demo(
     coco_dir: str | os.PathLike,
     out_dir: str | os.PathLike = "runs/demo",
     *,
-    settings: CaptionerSettings = DEMO_SETTINGS,
-    test_images: int = 30,
-    seed: int = 0,
+    config: CaptionerConfig = CaptionerConfig(),
+    max_train_seconds: float | None = DEMO_TIME_BUDGET,
     photos: int = 6,
     max_images: int | None = None,
     encoder: str | os.PathLike | None = None,
@@ -274,15 +244,14 @@ def run_demo(
 
     coco_dir : DIR with images/*.jpg and captions.json (CocoDataMissing, with how to get data, if not).
     out_dir : work folder; the encoder and the features cached there are reused by the next run.
-    settings : how the captioner is trained and decoded (DEMO_SETTINGS: cross-validated defaults + time budget).
-    test_images : photos held out for the table (at most a fifth of all); `seed` fixes the split.
+    config : the captioner (model, split, training, decoding); the one configuration of every command.
+    max_train_seconds : a time budget for training (DEMO_TIME_BUDGET; None: none).
     photos : how many held-out photos the figure shows.
     max_images : use only the first N captioned images by id (lesson 06's --quick); None: all of them.
     encoder : use this encoder ONNX file instead of building `arch`'s (tests use a tiny one).
     scorer : a CaptionScorer to use (and leave open), None for CIDEr-D only, "auto" to start one (or fall back).
     Returns a DemoResult; `result.table` is the one table of metrics.
     """
-    from minicap.checkpoint import encoder_info
     from minicap.plots import plot_captioned_photos
 
     log = log or (lambda line: None)
@@ -302,10 +271,11 @@ def run_demo(
     seconds["features"] = time.perf_counter() - t0
 
     coco = captions_with_features(coco, store, log)
-    split = demo_split(coco.image_ids(), test_images, seed=seed)
+    split = config_split(coco, config)
     log(
-        f"data: {coco.num_captions} captions of {len(coco.image_ids())} images; split by image (seed {seed}): "
-        f"{len(split['train'])} train / {len(split['val'])} validation / {len(split['test'])} test"
+        f"data: {coco.num_captions} captions of {len(coco.image_ids())} images from {folder.root}; split by image "
+        f"(seed {config.split_seed}): {len(split['train'])} train / {len(split['val'])} validation / "
+        f"{len(split['test'])} test"
     )
 
     own_scorer = scorer == "auto"
@@ -314,28 +284,17 @@ def run_demo(
     seconds["metrics start"] = time.perf_counter() - t0
     try:
         log(
-            f"training: {settings.cell.upper()} H={settings.hidden_size} W={settings.wordvec_size}, up to "
-            f"{settings.epochs} epochs, best epoch by validation "
-            f"{'CIDEr-D' if settings.early_stopping == 'cider' else 'loss'}"
-            + (f", time budget {settings.max_train_seconds:.0f} s" if settings.max_train_seconds else "")
+            f"training: {config.cell.upper()} H={config.hidden_size} W={config.wordvec_size}, up to "
+            f"{config.epochs} epochs, best epoch by validation "
+            f"{'CIDEr-D' if config.early_stopping == 'cider' else 'loss'}"
+            + (f", time budget {max_train_seconds:.0f} s" if max_train_seconds else "")
         )
-        info = {**encoder_info(store, features_path), "onnx_path": str(encoder_path.resolve())}
-        extra = {
-            "data": {
-                "captions_file": str(folder.captions.resolve()),
-                "features_file": str(features_path.resolve()),
-                "split_seed": seed,
-                "min_count": settings.min_count,
-                "max_length": settings.max_length,
-                "num_images": {k: len(v) for k, v in split.items()},
-                "val_image_ids": split["val"].tolist(),
-                "test_image_ids": split["test"].tolist(),
-            },
-            "settings": settings.to_dict(),
-        }
+        info = {**store.encoder_info(features_path), "onnx_path": str(encoder_path.resolve())}
+        extra = {"data": split_record(folder.captions, features_path, split)}
         result = holdout_evaluation(
-            coco, store, split["train"], split["val"], split["test"], settings, active_scorer,
-            out_dir=out / "model", encoder=info, extra=extra, progress=progress, log=log,
+            coco, store, split["train"], split["val"], split["test"], config, active_scorer,
+            out_dir=out / "model", max_seconds=max_train_seconds, encoder=info, extra=extra, progress=progress,
+            log=log,
         )  # fmt: skip
     finally:
         if own_scorer and active_scorer is not None:
@@ -359,7 +318,7 @@ def run_demo(
     refs = coco.references()
     test_ids = [int(i) for i in result.test_ids]
     shown = test_ids[: max(0, photos)]
-    beam = model_beam(settings.beam_size)
+    beam = model_beam(config.beam_size)
     figure = plot_captioned_photos(
         [coco_photo_path(folder, coco, i) for i in shown],
         [{beam: result.hypotheses[beam][i], NEAREST_NEIGHBOUR: result.hypotheses[NEAREST_NEIGHBOUR][i]} for i in shown],
@@ -382,7 +341,7 @@ def run_demo(
         {
             "scores": result.scores,
             "metrics_from": metric_note,
-            "settings": settings.to_dict(),
+            "config": config.to_dict(),
             "split": {k: v.tolist() for k, v in split.items()},
             "training": {
                 "stopped": train.stopped,
@@ -413,14 +372,84 @@ def run_demo(
     )
 
 
-def coco_photo_path(folder: CocoFolder, coco: CocoCaptions, image_id: int) -> Path:
-    """Where the photo of `image_id` is: its file_name, or the COCO 2014 names (as `coco_image_paths` looks)."""
-    names = [str(coco.images[image_id].get("file_name", ""))]
-    names += [f"COCO_val2014_{image_id:012d}.jpg", f"COCO_train2014_{image_id:012d}.jpg"]
-    for name in names:
-        if name and (folder.images / name).is_file():
-            return folder.images / name
-    raise FileNotFoundError(f"no photo of image {image_id} in {folder.images} (looked for {names})")
+# ============================================================================================ training from files
+
+
+def train_from_files(
+    features: str | os.PathLike,
+    captions: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    config: CaptionerConfig = CaptionerConfig(),
+    given: Sequence[str] = (),
+    resume: str | os.PathLike | None = None,
+    max_seconds: float | None = None,
+    progress: bool = True,
+    log: Log | None = print,
+) -> TrainedCaptioner:
+    """`minicap train`: a feature store and a COCO captions JSON in, a trained captioner in `out_dir`.
+
+    The same recipe as the demo (`train_captioner` with the one `CaptionerConfig`): split the images by
+    `config` (`split_images`), build the vocabulary from the TRAINING captions, train with the best epoch chosen by
+    validation CIDEr-D, and write last.npz, best.npz, history.json and training_curves.png into `out_dir` (default
+    runs/train, or the checkpoint's folder when resuming). The split's val and test image ids are recorded in the
+    checkpoints, so `minicap evaluate --checkpoint` scores exactly the held-out images.
+
+    given: the names of the fields of `config` the user set explicitly. With `resume`, the run continues with the
+    checkpoint's own configuration; a field given explicitly with another value is an error (a resumed run
+    continues the same run).
+    """
+    log = log or (lambda line: None)
+    store = FeatureStore.load(features)
+    coco = load_coco_captions(captions)
+    log(f"captions: {coco.summary()}")
+    log(f"features: {len(store)} images x {store.feature_size} ({store.manifest.get('architecture', 'unknown')})")
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        if "config" not in ckpt.extra:
+            raise ValueError(f"{resume} records no captioner configuration: it was not written by `minicap train`")
+        saved = CaptionerConfig.from_dict(ckpt.extra["config"])
+        conflicts = [
+            f"{k}={getattr(config, k)!r} (checkpoint: {getattr(saved, k)!r})"
+            for k in given
+            if getattr(config, k) != getattr(saved, k)
+        ]
+        if conflicts:
+            raise ValueError(
+                f"resuming {resume} continues that run with its own settings; these options differ: "
+                + "; ".join(conflicts)
+            )
+        config = saved
+        store.check_feature_size(ckpt.model.config["feature_size"], what=f"checkpoint {resume}")
+    out = Path(out_dir if out_dir is not None else (Path(resume).parent if resume is not None else "runs/train"))
+    if resume is None and (out / "last.npz").exists():
+        raise ValueError(
+            f"{out} already holds a run ({out / 'last.npz'}); continue it with --resume {out / 'last.npz'}, "
+            "or choose another --out"
+        )
+    split = config_split(coco, config)
+    log(
+        f"split (seed {config.split_seed}): {len(split['train'])} / {len(split['val'])} / {len(split['test'])} "
+        "images for train / val / test"
+    )
+    log(
+        f"model: {config.cell.upper()} H={config.hidden_size} W={config.wordvec_size}; up to {config.epochs} epochs, "
+        f"best epoch by validation {'CIDEr-D' if config.early_stopping == 'cider' else 'loss'}"
+    )
+    return train_captioner(
+        coco,
+        store,
+        split["train"],
+        split["val"],
+        config,
+        out_dir=out,
+        resume=resume,
+        max_seconds=max_seconds,
+        encoder=store.encoder_info(features),
+        extra={"data": split_record(captions, features, split)},
+        progress=progress,
+        log=log,
+    )
 
 
 # ============================================================================================ captioning JPEGs
@@ -430,15 +459,17 @@ class EncoderNotFound(FileNotFoundError):
     """The encoder a checkpoint was trained with cannot be found, or the file given is another encoder."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def load_captioner(checkpoint: str | os.PathLike) -> tuple[Checkpoint, CaptionModel, Vocabulary, CaptionerConfig]:
+    """A trained captioner from its checkpoint: (checkpoint, model, vocabulary, the configuration it was trained
+    with — CaptionerConfig() for a checkpoint that records none). CheckpointError for anything else."""
+    ckpt = load_checkpoint(checkpoint)
+    if not isinstance(ckpt.model, CaptionModel) or ckpt.vocab is None:
+        raise CheckpointError(f"{checkpoint} holds a {type(ckpt.model).__name__}, not a captioner")
+    config = CaptionerConfig.from_dict(ckpt.extra["config"]) if "config" in ckpt.extra else CaptionerConfig()
+    return ckpt, ckpt.model, ckpt.vocab, config
 
 
-def resolve_encoder(checkpoint: Any, encoder: str | os.PathLike | None = None) -> Path:
+def resolve_encoder(checkpoint: Checkpoint, encoder: str | os.PathLike | None = None) -> Path:
     """The ONNX file whose features `checkpoint` (a loaded Checkpoint) was trained on, verified by sha256.
 
     `encoder` given: that file, which must have the recorded sha256 (if the checkpoint recorded one).
@@ -453,9 +484,10 @@ def resolve_encoder(checkpoint: Any, encoder: str | os.PathLike | None = None) -
         path = Path(encoder)
         if not path.is_file():
             raise EncoderNotFound(f"encoder {path} does not exist")
-        if want and _sha256(path) != want:
+        got = sha256_file(path) if want else None
+        if want and got != want:
             raise EncoderNotFound(
-                f"{path} is not the encoder {checkpoint.path} was trained with (sha256 {_sha256(path)[:12]}..., the "
+                f"{path} is not the encoder {checkpoint.path} was trained with (sha256 {got[:12]}..., the "
                 f"checkpoint expects {want[:12]}... from {arch}); features of another encoder would give "
                 "meaningless captions"
             )
@@ -475,7 +507,7 @@ def resolve_encoder(checkpoint: Any, encoder: str | os.PathLike | None = None) -
     mismatched = []
     for path in dict.fromkeys(candidates):  # in order, without repeats
         if path.is_file():
-            if not want or _sha256(path) == want:
+            if not want or sha256_file(path) == want:
                 return path
             mismatched.append(str(path))
     looked = ", ".join(str(p) for p in dict.fromkeys(candidates)) or "(no path recorded)"
@@ -502,25 +534,22 @@ def caption_files(
     *,
     beam_size: int = 1,
     encoder: str | os.PathLike | None = None,
-    max_length: int = 17,
-    allow_unk: bool = False,
     batch_size: int = 16,
 ) -> CaptionRun:
     """Caption image files with a trained checkpoint: JPEG -> ONNX encoder -> standardise -> decode -> text.
 
     The encoder is the one the checkpoint names (see `resolve_encoder`), preprocessing comes from its EncoderSpec,
-    and the model standardises the features with its saved training statistics. Unreadable images are skipped and
-    listed in `failures`; a feature size that does not fit the model raises ValueError.
+    and the model standardises the features with its saved training statistics; decoding follows the configuration
+    the checkpoint was trained with. Unreadable images are skipped and listed in `failures`; a feature size that
+    does not fit the model raises ValueError.
     """
     from PIL import Image
 
-    from minicap.checkpoint import load_checkpoint
-    from minicap.features import OnnxEncoder, load_image_tensor
+    from minicap.vision.extract import OnnxEncoder, load_image_tensor
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt, model, vocab, config = load_captioner(checkpoint)
     path = resolve_encoder(ckpt, encoder)
     onnx = OnnxEncoder(path)
-    model, vocab = ckpt.model, ckpt.vocab
     if onnx.spec.feature_size != model.feature_size:
         raise ValueError(
             f"{path} gives {onnx.spec.feature_size}-d features ({onnx.arch}) but {checkpoint} expects "
@@ -541,7 +570,9 @@ def caption_files(
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start : start + batch_size]
         features, _ = onnx.run(np.stack([x for _, x in chunk]))
-        texts = generate_captions(model, vocab, features, beam_size, max_length, allow_unk)
+        texts = generate_captions(
+            model, vocab, features, beam_size, config.decode_max_length, config.allow_unk, config.length_penalty
+        )
         captions.extend((p, t) for (p, _), t in zip(chunk, texts, strict=True))
     return CaptionRun(captions, failures, path)
 
@@ -555,9 +586,7 @@ def evaluate_checkpoint(
     captions: str | os.PathLike,
     scorer: CaptionScorer | None = None,
     *,
-    beam_size: int = 3,
-    max_length: int = 17,
-    nn_k: int = 5,
+    beam_size: int | None = None,
     log: Log | None = None,
 ) -> tuple[str, dict[str, dict[str, float]], dict[str, dict[int, str]]]:
     """Score a trained checkpoint on the held-out images its header records (`extra.data.test_image_ids`).
@@ -566,15 +595,14 @@ def evaluate_checkpoint(
     set (the split the checkpoint records). Without recorded test ids, every captioned image is scored and no
     baseline is computed (the model may have seen those images: the numbers are then not a held-out score).
     Captions whose images have no features: one MissingFeaturesError (count, first ids). Features of another
-    size than the model's: FeatureStoreError. Returns (table, scores, hypotheses).
+    size than the model's: FeatureStoreError. Decoding follows the checkpoint's configuration (beam_size overrides
+    its beam width). Returns (table, scores, hypotheses).
     """
-    from minicap.checkpoint import load_checkpoint
-    from minicap.features import FeatureStore
-
     log = log or (lambda line: None)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt, model, vocab, config = load_captioner(checkpoint)
+    beam_size = config.beam_size if beam_size is None else beam_size
     store = FeatureStore.load(features)
-    store.check_feature_size(ckpt.model.feature_size, what=f"checkpoint {checkpoint}")
+    store.check_feature_size(model.feature_size, what=f"checkpoint {checkpoint}")
     coco = load_coco_captions(captions)
     data = ckpt.extra.get("data", {})
     test_ids = np.asarray(data.get("test_image_ids") or coco.image_ids(), dtype=np.int64)
@@ -587,12 +615,14 @@ def evaluate_checkpoint(
     test_features = store.lookup(test_ids)  # MissingFeaturesError (count, first ids) if any lacks features
     hypotheses = {}
     for beam, name in ((1, MODEL_GREEDY), (beam_size, model_beam(beam_size))):
-        texts = generate_captions(ckpt.model, ckpt.vocab, test_features, beam, max_length)
+        texts = generate_captions(
+            model, vocab, test_features, beam, config.decode_max_length, config.allow_unk, config.length_penalty
+        )
         hypotheses[name] = {int(i): t for i, t in zip(test_ids, texts, strict=True)}
     if data.get("test_image_ids"):
         held = set(test_ids.tolist()) | {int(i) for i in data.get("val_image_ids", [])}
         train_ids = [int(i) for i in coco.image_ids() if int(i) not in held and int(i) in store]
-        hypotheses.update(baseline_captions(coco, store, train_ids, test_ids, nn_k))
+        hypotheses.update(baseline_captions(coco, store, train_ids, test_ids, config.nn_k))
         what = f"{len(test_ids)} held-out test images recorded in the checkpoint"
     else:
         log(f"note: {checkpoint} records no test images; scoring all {len(test_ids)} images (not a held-out score)")

@@ -1,7 +1,9 @@
-"""minicap's main job end to end: `minicap demo`, `minicap evaluate` (k-fold and one checkpoint), `minicap caption`.
+"""minicap's main job end to end: `minicap demo`, `minicap evaluate` (k-fold and one checkpoint), `minicap caption`,
+and the one CaptionerConfig behind `minicap train`, `demo` and `evaluate` (the same recorded configuration, the
+deprecated spellings of their seeds).
 
 Almost everything runs on a tiny synthetic COCO folder (15 JPEGs of three colours, three captions each) with the
-tiny ONNX encoder of test_features.py, so a whole demo takes a second or two. One module-scoped run goes through
+tiny ONNX encoder of test_vision_extract.py, so a whole demo takes a second or two. One module-scoped run goes through
 the real command line (real EfficientNet-Lite0 graph, pycocoevalcap with METEOR) — the `make demo` path.
 """
 
@@ -10,42 +12,29 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_features import make_tiny_encoder
+from test_vision_extract import make_tiny_encoder
 
+from minicap.baselines import MOST_FREQUENT, NEAREST_NEIGHBOUR
 from minicap.checkpoint import load_checkpoint, save_checkpoint
 from minicap.cli import main
-from minicap.data import Vocabulary, load_coco_captions
-from minicap.evaluate import (
-    MODEL_GREEDY,
-    MOST_FREQUENT,
-    NEAREST_NEIGHBOUR,
-    CaptionerSettings,
-    cross_validate,
-    fold_splits,
-    format_metrics_table,
-    load_coco_results,
-    model_beam,
-)
-from minicap.features import FeatureStore, MissingFeaturesError
-from minicap.model import CaptionModel
-from minicap.pipeline import (
-    CocoDataMissing,
-    EncoderNotFound,
-    caption_files,
-    demo_split,
-    ensure_features,
-    find_coco,
-    run_demo,
-)
+from minicap.coco import CocoCaptions, CocoDataMissing, find_coco, split_images
+from minicap.config import CaptionerConfig
+from minicap.experiments import MODEL_GREEDY, model_beam
+from minicap.metrics import load_coco_results
+from minicap.models import CaptionModel
+from minicap.pipeline import DEMO_TIME_BUDGET, EncoderNotFound, caption_files, config_split, ensure_features, run_demo
 from minicap.plots import plot_captioned_photos
+from minicap.text import Vocabulary
+from minicap.vision.store import FeatureStore
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 220)}
 # Small enough to train in a fraction of a second, large enough to learn "a <colour> ...".
-TINY = CaptionerSettings(
+TINY = CaptionerConfig(
     hidden_size=32, wordvec_size=16, epochs=40, batch_size=16, lr=1e-2, min_count=1, patience=None, nn_k=1
 )
 SYSTEMS = [MODEL_GREEDY, model_beam(3), MOST_FREQUENT, NEAREST_NEIGHBOUR]
@@ -85,7 +74,7 @@ def demo(coco_dir, tiny_encoder, tmp_path_factory):
     """One demo run on the synthetic folder, CIDEr-D only (no Java): (result, log lines)."""
     lines: list[str] = []
     out = tmp_path_factory.mktemp("demo")
-    result = run_demo(coco_dir, out, settings=TINY, encoder=tiny_encoder, scorer=None, progress=False, log=lines.append)
+    result = run_demo(coco_dir, out, config=TINY, encoder=tiny_encoder, scorer=None, progress=False, log=lines.append)
     return result, lines
 
 
@@ -140,13 +129,22 @@ def test_features_are_extracted_once_and_reused(demo, coco_dir, tiny_encoder):
     assert (run["extracted"], run["reused"]) == (0, 15)
 
 
-def test_demo_split_sizes():
-    split = demo_split(np.arange(271), test_images=30, seed=0)
+def test_the_split_of_the_one_configuration():
+    split = split_images(np.arange(271), test_fraction=0.1, min_test_images=30, seed=0)
     assert [len(split[k]) for k in ("train", "val", "test")] == [217, 24, 30]
-    assert demo_split(np.arange(271), seed=0)["test"].tolist() == split["test"].tolist()  # deterministic
-    assert len(demo_split(np.arange(10))["test"]) == 2  # at most a fifth held out
+    assert split_images(np.arange(271), seed=0)["test"].tolist() == split["test"].tolist()  # deterministic
+    assert len(split_images(np.arange(10))["test"]) == 2  # at most a fifth held out
     with pytest.raises(ValueError, match="at least 3 images"):
-        demo_split([1, 2])
+        split_images([1, 2])
+    # What `minicap demo` and `minicap train` split by: the configuration's fields.
+    images = {int(i): {"id": int(i), "file_name": f"{i}.jpg"} for i in range(271)}
+    coco = CocoCaptions(images, [(i, "a caption") for i in images])
+    assert {k: v.tolist() for k, v in config_split(coco, CaptionerConfig()).items()} == {
+        k: v.tolist() for k, v in split.items()
+    }
+    other = config_split(coco, CaptionerConfig(split_seed=1, test_fraction=0.2, val_fraction=0.25))
+    assert [len(other[k]) for k in ("train", "val", "test")] == [163, 54, 54]
+    assert other["test"].tolist() != split["test"].tolist()
 
 
 # ------------------------------------------------------------------------------------------ missing data
@@ -181,51 +179,30 @@ def test_cli_demo_without_data_exits_2_with_the_message(tmp_path, monkeypatch, c
     assert f"no COCO data at {tmp_path / 'elsewhere'}" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------ cross-validation
+# ------------------------------------------------------------------------------------------ evaluate --folds
 
 
-def test_fold_splits_are_disjoint_and_cover_every_image():
-    ids = np.arange(100, 147)
-    folds = fold_splits(ids, k=5, seed=3, val_fraction=0.1)
-    assert [f.fold for f in folds] == [1, 2, 3, 4, 5]
-    tests = np.concatenate([f.test for f in folds])
-    assert sorted(tests.tolist()) == ids.tolist()  # every image tested exactly once
-    for f in folds:
-        parts = [set(f.train.tolist()), set(f.val.tolist()), set(f.test.tolist())]
-        assert sum(len(p) for p in parts) == len(ids) and set().union(*parts) == set(ids.tolist())
-        assert len(f.val) == round(0.1 * (len(f.train) + len(f.val)))
-    again = fold_splits(ids[::-1], k=5, seed=3)
-    for a, b in zip(folds, again, strict=True):  # the same folds whatever the order of the ids
-        assert np.array_equal(a.val, b.val) and np.array_equal(a.test, b.test)
-
-
-def test_cross_validate_table_and_numbers(coco_dir, tiny_encoder, demo):
+def test_cli_evaluate_folds_on_a_feature_store(demo, coco_dir, tmp_path, capsys):
     result, _ = demo
-    store = FeatureStore.load(result.features)
-    coco = load_coco_captions(coco_dir / "captions.json")
-    cv = cross_validate(coco, store, k=3, settings=TINY.replace(epochs=25), scorer=None, seed=0)
-    assert [f["n_test"] for f in cv.folds] == [5, 5, 5]
-    assert cv.systems == SYSTEMS and cv.metrics == ["CIDEr"]
-    mean, sd = cv.summary()[model_beam(3)]["CIDEr"]
-    values = cv.values(model_beam(3), "CIDEr")
-    assert mean == pytest.approx(values.mean()) and sd == pytest.approx(values.std(ddof=1))
-    paired = cv.paired(model_beam(3))["CIDEr"]
-    diff = values - cv.values(NEAREST_NEIGHBOUR, "CIDEr")
-    assert paired["wins"] == int((diff > 0).sum()) and paired["mean"] == pytest.approx(diff.mean())
-    table = cv.table()
-    assert "3-fold cross-validation by image" in table and "mean ± sd" in table
+    out = tmp_path / "cv.json"
+    args = [
+        "evaluate",
+        "--folds",
+        "3",
+        "--features",
+        str(result.features),
+        "--captions",
+        str(coco_dir / "captions.json"),
+    ]
+    flags = ["--hidden", "32", "--wordvec", "16", "--epochs", "5", "--min-count", "1"]
+    assert main([*args, *flags, "--cider-only", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3-fold cross-validation by image (seed 0)" in printed and "/3)" in printed
     for system in SYSTEMS:
-        assert any(line.startswith(system) for line in table.splitlines())
-    assert f"({paired['wins']}/3)" in table
-    json.dumps(cv.to_dict())  # JSON-able as written by --out
-
-
-def test_format_metrics_table():
-    table = format_metrics_table({"a": {"CIDEr": (0.5, 0.25), "BLEU-4": (0.1, 0.0)}, "bb": {"CIDEr": (1.0, None)}})
-    lines = table.splitlines()
-    assert lines[0].split() == ["system", "BLEU-4", "CIDEr"]  # metrics in TABLE_METRICS order
-    assert lines[2].split() == ["a", "0.100", "±", "0.000", "0.500", "±", "0.250"]
-    assert lines[3].split() == ["bb", "-", "1.000"]
+        assert any(line.startswith(system) for line in printed.splitlines())
+    saved = json.loads(out.read_text())
+    assert saved["k"] == 3 and saved["seed"] == 0 and len(saved["folds"]) == 3
+    assert saved["settings"] == CaptionerConfig(hidden_size=32, wordvec_size=16, epochs=5, min_count=1).to_dict()
 
 
 def test_captions_without_features_one_clear_error(coco_dir, demo, tmp_path, capsys):
@@ -236,8 +213,6 @@ def test_captions_without_features_one_clear_error(coco_dir, demo, tmp_path, cap
         data["annotations"].append({"id": extra_id, "image_id": extra_id, "caption": "a grey picture"})
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps(data))
-    with pytest.raises(MissingFeaturesError, match=r"2 of 17 requested image ids have no features.*901, 902"):
-        cross_validate(load_coco_captions(captions), FeatureStore.load(result.features), 3, TINY)
     args = ["evaluate", "--folds", "3", "--features", str(result.features), "--captions", str(captions)]
     assert main([*args, "--cider-only"]) == 2
     err = capsys.readouterr().err
@@ -255,6 +230,10 @@ def test_cli_evaluate_checkpoint_on_its_held_out_images(demo, coco_dir, capsys):
     assert "3 held-out test images recorded in the checkpoint" in out
     for system in SYSTEMS:
         assert any(line.startswith(system) for line in out.splitlines())
+    # Decoding follows the checkpoint's configuration; --beam overrides its beam width.
+    assert main([*args, "--captions", str(coco_dir / "captions.json"), "--cider-only", "--beam", "2"]) == 0
+    rows = [line.split("  ")[0] for line in capsys.readouterr().out.splitlines()]
+    assert model_beam(2) in rows and model_beam(3) not in rows
 
 
 def test_cli_evaluate_features_of_another_size_clear_error(demo, coco_dir, tmp_path, capsys):
@@ -305,7 +284,7 @@ def _checkpoint_with_encoder(path: Path, encoder: dict, feature_size: int = 8) -
 
 def test_caption_encoder_missing_or_mismatched(tmp_path, tiny_encoder, capsys, coco_dir):
     image = str(coco_dir / "images" / "000000000001.jpg")
-    from minicap.encoders.onnx_build import sha256_file
+    from minicap.safe_io import sha256_file
 
     sha = sha256_file(tiny_encoder)
     gone = tmp_path / "gone" / "tiny.onnx"
@@ -338,6 +317,148 @@ def test_caption_feature_size_mismatch(tmp_path, tiny_encoder, coco_dir, capsys)
     assert main(["caption", image, "--checkpoint", str(ckpt), "--encoder", str(tiny_encoder)]) == 2
     err = capsys.readouterr().err
     assert "gives 8-d features" in err and "expects 12-d ones" in err
+
+
+# ------------------------------------------------------------------------------------------ one configuration
+
+
+def assert_same_params(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), f"parameter {name} differs"
+
+
+def test_cli_train_and_demo_record_the_same_configuration(coco_dir, tiny_encoder, tmp_path, monkeypatch, capsys):
+    """`minicap train` without config flags and `minicap demo` on the same COCO folder build, split and train the
+    same captioner from the one CaptionerConfig: their checkpoints record the same configuration, model, training
+    settings and split (and, trained on the same features, the same parameters)."""
+    import minicap.pipeline
+
+    # The demo's own EfficientNet-Lite0 and METEOR would take a minute: the tiny encoder, and CIDEr-D only.
+    monkeypatch.setattr(minicap.pipeline, "ensure_encoder", lambda work_dir, arch, log=None: tiny_encoder)
+    monkeypatch.setattr(minicap.pipeline, "make_scorer", lambda log=None: None)
+    captions = coco_dir / "captions.json"
+    assert main(["demo", "--coco", str(coco_dir), "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    # The same folder through `minicap extract` and `minicap train`, as the README tells a user to.
+    features = tmp_path / "features.pkl"
+    extract = ["extract", "--images", str(coco_dir / "images"), "--captions", str(captions), "--no-progress"]
+    assert main([*extract, "--encoder", str(tiny_encoder), "--out", str(features)]) == 0
+    train = ["train", "--features", str(features), "--captions", str(captions), "--out", str(tmp_path / "train")]
+    assert main([*train, "--no-progress"]) == 0
+    capsys.readouterr()
+
+    for name in ("best.npz", "last.npz"):
+        by_demo = load_checkpoint(tmp_path / "demo" / "model" / name)
+        by_train = load_checkpoint(tmp_path / "train" / name)
+        demo_config, train_config = by_demo.extra["config"], by_train.extra["config"]
+        assert demo_config.keys() == train_config.keys() == CaptionerConfig().to_dict().keys()
+        for field, value in CaptionerConfig().to_dict().items():  # field for field: the defaults, in both
+            assert demo_config[field] == train_config[field] == value, field
+        assert by_demo.header["model_class"] == by_train.header["model_class"] == "CaptionModel"
+        assert by_demo.model.config == by_train.model.config
+        assert by_demo.model.config["hidden_size"] == CaptionerConfig().hidden_size
+        assert by_demo.train_config == by_train.train_config == CaptionerConfig().train_config().to_dict()
+        assert by_demo.header["optimizer"] == by_train.header["optimizer"]
+        demo_data, train_data = by_demo.extra["data"], by_train.extra["data"]
+        assert demo_data["num_images"] == train_data["num_images"] == {"train": 11, "val": 1, "test": 3}
+        assert demo_data["val_image_ids"] == train_data["val_image_ids"]
+        assert demo_data["test_image_ids"] == train_data["test_image_ids"]
+        assert demo_data["captions_file"] == train_data["captions_file"] == str(captions.resolve())
+        assert by_demo.vocab == by_train.vocab
+        assert by_demo.encoder["onnx_sha256"] == by_train.encoder["onnx_sha256"]
+        # The same features, so the same recipe gives the same model, bit for bit.
+        assert (by_demo.epoch, by_demo.step) == (by_train.epoch, by_train.step)
+        assert_same_params(by_demo.model.params, by_train.model.params)
+        np.testing.assert_array_equal(by_demo.model.feature_mean, by_train.model.feature_mean)
+    demo_store, train_store = FeatureStore.load(tmp_path / "demo" / "features.pkl"), FeatureStore.load(features)
+    assert np.array_equal(demo_store.ids, train_store.ids)
+    assert np.array_equal(demo_store.features, train_store.features)
+
+
+@pytest.fixture
+def captured_demo(monkeypatch):
+    """Replace `run_demo` (what `minicap demo` calls) with a recorder: nothing is built or trained."""
+    import minicap.pipeline
+
+    calls = []
+
+    def fake(coco, out_dir, **kwargs):
+        calls.append(kwargs)
+        return SimpleNamespace(summary=lambda: "demo done")
+
+    monkeypatch.setattr(minicap.pipeline, "run_demo", fake)
+    return calls
+
+
+def test_cli_demo_seed_is_a_deprecated_spelling_of_split_seed(captured_demo, tmp_path, capsys):
+    base = ["demo", "--coco", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(base) == 0
+    assert captured_demo[-1]["config"] == CaptionerConfig()
+    assert captured_demo[-1]["max_train_seconds"] == DEMO_TIME_BUDGET
+    assert "deprecated" not in capsys.readouterr().err
+
+    assert main([*base, "--seed", "7"]) == 0  # the old spelling still works ...
+    err = capsys.readouterr().err
+    assert (
+        "note: `minicap demo --seed` is deprecated; it sets the split seed: say --split-seed" in err
+    )  # ... with a note
+    assert captured_demo[-1]["config"] == CaptionerConfig(split_seed=7)  # the split, not the initialisation seed
+    assert main([*base, "--split-seed", "7"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert captured_demo[-1]["config"] == CaptionerConfig(split_seed=7)
+    assert main([*base, "--seed", "7", "--split-seed", "2"]) == 0  # the new spelling wins
+    assert "deprecated" in capsys.readouterr().err and captured_demo[-1]["config"] == CaptionerConfig(split_seed=2)
+
+    # The other flags of the one configuration, and the time budget.
+    assert main([*base, "--epochs", "3", "--hidden", "16", "--beam", "2", "--max-train-seconds", "20"]) == 0
+    assert captured_demo[-1]["config"] == CaptionerConfig(epochs=3, hidden_size=16, beam_size=2)
+    assert captured_demo[-1]["max_train_seconds"] == 20.0
+    for bad in (["--seed", "-1"], ["--split-seed", "x"], ["--lr", "0"], ["--max-train-seconds", "-5"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, *bad])
+        assert exit_info.value.code == 2 and f"argument {bad[0]}:" in capsys.readouterr().err
+    assert len(captured_demo) == 5
+
+
+@pytest.fixture
+def captured_folds(monkeypatch):
+    """Replace `cross_validate` (what `minicap evaluate --folds` calls) with a recorder."""
+    import minicap.experiments
+
+    calls = []
+
+    def fake(coco, store, k, config, scorer, *, seed, log):
+        calls.append({"k": k, "config": config, "seed": seed, "scorer": scorer})
+        return SimpleNamespace(table=lambda: "the table", seconds=0.0, k=k, to_dict=lambda: {"seed": seed})
+
+    monkeypatch.setattr(minicap.experiments, "cross_validate", fake)
+    return calls
+
+
+def test_cli_evaluate_seed_is_a_deprecated_spelling_of_fold_seed(captured_folds, demo, coco_dir, capsys):
+    result, _ = demo
+    data = ["--features", str(result.features), "--captions", str(coco_dir / "captions.json"), "--cider-only"]
+    base = ["evaluate", "--folds", "4", *data]
+    assert main(base) == 0
+    assert captured_folds[-1] == {"k": 4, "config": CaptionerConfig(), "seed": 0, "scorer": None}
+    assert "deprecated" not in capsys.readouterr().err
+
+    assert main([*base, "--seed", "7"]) == 0  # the old spelling still works, with a note
+    err = capsys.readouterr().err
+    assert "note: `minicap evaluate --seed` is deprecated; it sets the seed of the folds: say --fold-seed" in err
+    assert captured_folds[-1]["seed"] == 7 and captured_folds[-1]["config"] == CaptionerConfig()  # not config.seed
+    assert main([*base, "--fold-seed", "7"]) == 0
+    assert "deprecated" not in capsys.readouterr().err and captured_folds[-1]["seed"] == 7
+    assert main([*base, "--seed", "7", "--fold-seed", "2"]) == 0  # the new spelling wins
+    assert captured_folds[-1]["seed"] == 2
+
+    assert main([*base, "--epochs", "3", "--split-seed", "5", "--min-count", "1"]) == 0
+    assert captured_folds[-1]["config"] == CaptionerConfig(epochs=3, split_seed=5, min_count=1)
+    for bad in (["--seed", "-2"], ["--fold-seed", "1.5"], ["--hidden", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, *bad])
+        assert exit_info.value.code == 2 and f"argument {bad[0]}:" in capsys.readouterr().err
+    assert len(captured_folds) == 5
 
 
 # ------------------------------------------------------------------------------------------ the figure

@@ -1,4 +1,5 @@
-"""minicap.evaluate: pycocoevalcap metrics, COCO results files, CIDEr-D, and the two baselines.
+"""minicap.metrics: the pycocoevalcap wrapper, CIDEr-D against pycocoevalcap, COCO results files, score_systems and
+the metrics table.
 
 Tests that run Java (the PTB tokenizer, METEOR) skip when pycocoevalcap or `java` is missing. METEOR's start-up
 dominates (10-25 s here), so all METEOR-using tests share ONE module-scoped `CaptionScorer`.
@@ -14,19 +15,22 @@ import sys
 import numpy as np
 import pytest
 
-from minicap import evaluate
-from minicap.data import load_coco_captions, split_by_image, tokenize
-from minicap.evaluate import (
+from minicap import metrics
+from minicap.baselines import most_frequent_caption_baseline
+from minicap.coco import load_coco_captions, split_by_image
+from minicap.metrics import (
+    TABLE_METRICS,
     CaptionScorer,
     CiderD,
     EvaluationUnavailable,
+    format_metrics_table,
     load_coco_results,
-    most_frequent_caption_baseline,
-    nearest_neighbour_baseline,
     ptb_tokenize,
     score_captions,
+    score_systems,
     write_coco_results,
 )
+from minicap.text import tokenize
 
 
 def _need_java_eval() -> None:
@@ -62,7 +66,7 @@ def test_bleu_matches_hand_computation():
     #   on the grass); 4-grams 0/3  ->  BLEU-1 = 1, BLEU-2 = 1, BLEU-3 = (1 * 1 * 1/2)^(1/3)
     # Image 2 (4 words vs 6): unigrams 4/4; bigrams 1/3; brevity penalty exp(1 - 6/4)
     # Corpus: pooled counts unigrams 10/10, bigrams 6/8, lengths 10 vs 12 -> penalty exp(1 - 12/10)
-    scores = evaluate.evaluate_captions(refs, hyps, metrics=["BLEU"])
+    scores = metrics.evaluate_captions(refs, hyps, metrics=["BLEU"])
     assert set(scores.corpus) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"}
     bp = math.exp(1 - 12 / 10)
     assert scores.corpus["BLEU-1"] == pytest.approx(bp, rel=1e-6)
@@ -132,7 +136,7 @@ def test_score_captions_errors():
 
 
 def test_missing_java_or_pycocoevalcap_gives_a_clear_error(monkeypatch):
-    monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
     with pytest.raises(EvaluationUnavailable, match="need Java on the PATH"):
         score_captions(REFS, {1: "a dog"})
     monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # makes `import pycocoevalcap` raise ImportError
@@ -188,75 +192,85 @@ def test_cider_d_matches_pycocoevalcap():
         CiderD([])
 
 
-# ----------------------------------------------------------------------------------------------- baselines
+# ----------------------------------------------------------------------------------------------- score_systems
 
 
-def test_most_frequent_caption_baseline_normalises_and_breaks_ties_alphabetically():
-    captions = ["A dog.", "b", "a dog", "B!", "a cat", "   "]
-    # "a dog" and "b" both occur twice after tokenizing; the tie goes to the alphabetically first
-    assert most_frequent_caption_baseline(captions) == "a dog"
-    assert most_frequent_caption_baseline(reversed(captions)) == "a dog"
-    assert most_frequent_caption_baseline(["A man's hat", "a man’s hat", "a hat"]) == "a man 's hat"
-    with pytest.raises(ValueError, match="no non-empty"):
-        most_frequent_caption_baseline(["", "..."])
+HYPS = {1: "a dog running on grass", 2: "two people on a street", 3: "rice", 4: "a red red red bus bus"}
 
 
-def _toy_nn_data():
-    train_ids = np.array([30, 10, 20])
-    # image 10 along axis 0, image 20 along axis 1, image 30 along axis 2 (rows given in id order 30, 10, 20)
-    train_features = np.array([[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.1], [0.0, 1.0, 0.0, 0.1]])
-    train_refs = {
-        10: ["a cat on a sofa", "a cat sleeping on a sofa", "a kitten"],
-        20: [
-            "a red bus on a street",
-            "a giraffe eating leaves",
-            "a red bus parked on the street",
-            "a red double decker bus on the street",
-        ],
-        30: ["a plate of food"],
-    }
-    return train_features, train_ids, train_refs
+def test_score_systems_without_a_scorer_is_cider_d_over_the_images_scored():
+    systems = {"good": HYPS, "constant": {i: "a dog on a street" for i in REFS}, "half": {1: HYPS[1], 4: HYPS[4]}}
+    scores = score_systems(REFS, systems)
+    assert list(scores) == list(systems) and all(set(row) == {"CIDEr"} for row in scores.values())
+    for name, hyps in systems.items():
+        ids = sorted(hyps)
+        # Document frequencies from the references of exactly the images this system is scored on.
+        cider = CiderD([tokenize(r) for r in REFS[i]] for i in ids)
+        expected = np.mean([cider.score(tokenize(hyps[i]), [tokenize(r) for r in REFS[i]]) for i in ids])
+        assert scores[name]["CIDEr"] == pytest.approx(expected, rel=1e-12), name
+    everywhere = CiderD([tokenize(r) for r in refs] for refs in REFS.values())
+    other_df = np.mean([everywhere.score(tokenize(HYPS[i]), [tokenize(r) for r in REFS[i]]) for i in (1, 4)])
+    assert scores["half"]["CIDEr"] != pytest.approx(other_df, rel=1e-3)  # the corpus really is the scored images
+    assert scores["good"]["CIDEr"] > scores["constant"]["CIDEr"]
 
 
-def test_nearest_neighbour_baseline_picks_the_consensus_caption_of_the_most_similar_image():
-    train_features, train_ids, train_refs = _toy_nn_data()
-    # Test image 1 points along axis 1 but is 50x longer than image 20: cosine (not Euclidean) finds image 20.
-    # Test image 2 is nearest to image 30, which has one caption: that caption is returned as is.
-    test_features = np.array([[0.2, 50.0, 0.0, 0.0], [0.1, 0.0, 0.9, 0.0], [3.0, 0.2, 0.0, 0.0]])
-    out = nearest_neighbour_baseline(train_features, train_ids, train_refs, test_features, [1, 2, 3])
-    # Image 20: the giraffe caption agrees with no other caption (CIDEr-D 0); of the bus captions, the one
-    # sharing most n-grams with the other two wins (2.29 vs 2.01 and 1.99).
-    assert out[1] == "a red bus parked on the street"
-    assert out[2] == "a plate of food"
-    # Image 10: the two cat captions tie (each is the other's only match); the alphabetically first wins,
-    # never the outlier "a kitten".
-    assert out[3] == "a cat on a sofa"
-    # Shuffling the training rows changes nothing.
-    perm = np.array([2, 0, 1])
-    again = nearest_neighbour_baseline(train_features[perm], train_ids[perm], train_refs, test_features, [1, 2, 3])
-    assert again == out
+def test_score_systems_without_a_scorer_equals_pycocoevalcap_cider_on_the_same_tokens():
+    pytest.importorskip("pycocoevalcap")
+    from pycocoevalcap.cider.cider import Cider  # pure Python: no Java needed
+
+    gts = {i: [" ".join(tokenize(r)) for r in refs] for i, refs in REFS.items()}
+    res = {i: [" ".join(tokenize(h))] for i, h in HYPS.items()}
+    expected, _ = Cider().compute_score(gts, res)
+    assert score_systems(REFS, {"model": HYPS})["model"]["CIDEr"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_nearest_neighbour_consensus_choice_is_the_argmax_of_cider_d():
-    train_features, train_ids, train_refs = _toy_nn_data()
-    out = nearest_neighbour_baseline(train_features, train_ids, train_refs, np.array([[0.0, 1.0, 0.0, 0.0]]), [5])
-    cider = CiderD([[tokenize(c) for c in refs] for refs in train_refs.values()])
-    pool = [tokenize(c) for c in train_refs[20]]
-    consensus = [cider.score(pool[c], pool[:c] + pool[c + 1 :]) for c in range(len(pool))]
-    assert out[5] == train_refs[20][int(np.argmax(consensus))]
-    assert sorted(consensus)[-1] > sorted(consensus)[-2]  # a strict winner: the test is not decided by ties
+class RecordingScorer:
+    """Stands in for a CaptionScorer: records what it was asked to score, answers with fixed numbers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict, dict]] = []
+
+    def score(self, references, hypotheses):
+        self.calls.append((references, dict(hypotheses)))
+        value = float(len(self.calls))
+        return type("Scores", (), {"corpus": {m: value for m in TABLE_METRICS}})()
 
 
-def test_nearest_neighbour_k_pools_captions_and_validates_inputs():
-    train_features, train_ids, train_refs = _toy_nn_data()
-    # Halfway between the cat image (10) and the food image (30): with k=2 both pools count.
-    out = nearest_neighbour_baseline(train_features, train_ids, train_refs, np.array([[1.0, 0.0, 1.0, 0.0]]), [7], k=2)
-    assert out[7] in train_refs[10] + train_refs[30]
-    with pytest.raises(ValueError, match="also training images"):
-        nearest_neighbour_baseline(train_features, train_ids, train_refs, train_features[:1], [30])
-    with pytest.raises(ValueError, match=r"have no captions in train_refs \(first: \[30\]\)"):
-        nearest_neighbour_baseline(train_features, train_ids, {10: ["a"], 20: ["b"]}, train_features[:1], [99])
-    with pytest.raises(ValueError, match="feature sizes differ"):
-        nearest_neighbour_baseline(train_features, train_ids, train_refs, np.zeros((1, 3)), [99])
-    with pytest.raises(ValueError, match="k must be"):
-        nearest_neighbour_baseline(train_features, train_ids, train_refs, np.zeros((1, 4)), [99], k=4)
+def test_score_systems_with_a_scorer_scores_every_system_against_the_same_references():
+    scorer = RecordingScorer()
+    systems = {"a": {1: "x", 2: "y"}, "b": {3: "z"}}
+    scores = score_systems(REFS, systems, scorer)
+    assert scores == {"a": dict.fromkeys(TABLE_METRICS, 1.0), "b": dict.fromkeys(TABLE_METRICS, 2.0)}
+    assert [hyps for _, hyps in scorer.calls] == [systems["a"], systems["b"]]
+    assert all(refs is REFS for refs, _ in scorer.calls)
+
+
+@pytest.mark.slow
+def test_score_systems_with_the_pycocoevalcap_scorer(scorer):
+    perfect = {i: refs[0] for i, refs in REFS.items()}
+    scores = score_systems(REFS, {"perfect": perfect, "short": {1: "a dog", 4: "a bus"}}, scorer)
+    assert set(scores["perfect"]) == set(scores["short"]) == set(TABLE_METRICS)
+    assert scores["perfect"] == scorer.score(REFS, perfect).corpus
+    assert scores["perfect"]["CIDEr"] > scores["short"]["CIDEr"]
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+
+def test_format_metrics_table():
+    table = format_metrics_table({"a": {"CIDEr": (0.5, 0.25), "BLEU-4": (0.1, 0.0)}, "bb": {"CIDEr": (1.0, None)}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["system", "BLEU-4", "CIDEr"]  # metrics in TABLE_METRICS order
+    assert lines[2].split() == ["a", "0.100", "±", "0.000", "0.500", "±", "0.250"]
+    assert lines[3].split() == ["bb", "-", "1.000"]
+    assert set(lines[1]) == {"-"} and len(lines[1]) == len(lines[0])
+
+
+def test_format_metrics_table_without_sd_has_a_title_and_narrow_columns():
+    table = format_metrics_table({"model": {"CIDEr": (0.51234, None), "METEOR": (0.2, None)}}, "30 test photos")
+    lines = table.splitlines()
+    assert lines[0] == "30 test photos"
+    assert lines[1].split() == ["system", "METEOR", "CIDEr"]
+    assert lines[3].split() == ["model", "0.200", "0.512"] and "±" not in table
+    only = format_metrics_table({"m": {"CIDEr": (1.0, None), "BLEU-1": (0.5, None)}}, metrics=["CIDEr"])
+    assert only.splitlines()[0].split() == ["system", "CIDEr"]

@@ -1,0 +1,272 @@
+"""Experiments with captioners: a hold-out run and k-fold cross-validation, each comparing the model with the
+baselines on the same test images, and the tables that report them.
+
+    train images ──train_captioner (minicap.captioner)──▶ the best epoch by validation CIDEr-D
+    test images  ──greedy / beam search──▶ captions ─┐
+    most frequent training caption ──────────────────┼─▶ metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr)
+    nearest training image by cosine, consensus ─────┘
+
+Used by `minicap demo` (one train/val/test split), `minicap evaluate --folds K` and benchmarks/peer_torch.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minicap.baselines import NEAREST_NEIGHBOUR, baseline_captions
+from minicap.captioner import TrainedCaptioner, train_captioner
+from minicap.coco import CocoCaptions, fold_splits
+from minicap.config import CaptionerConfig
+from minicap.dataset import FeatureLookup, check_features_available
+from minicap.decode import generate_captions
+from minicap.metrics import TABLE_METRICS, CaptionScorer, format_metrics_table, score_systems
+
+__all__ = [
+    "MODEL_GREEDY",
+    "model_beam",
+    "model_hypotheses",
+    "HoldoutResult",
+    "holdout_evaluation",
+    "CrossValidation",
+    "cross_validate",
+]
+
+MODEL_GREEDY = "model, greedy"
+
+
+def model_beam(beam_size: int) -> str:
+    """The table's name for the model decoded with beam search of width `beam_size`."""
+    return f"model, beam {beam_size}"
+
+
+@dataclass
+class HoldoutResult:
+    """One train/val/test experiment: every system's captions of the test images and their scores.
+
+    hypotheses: system -> image id -> caption; scores: system -> metric -> corpus value (TABLE_METRICS),
+    or CIDEr-D only (key "CIDEr") when no CaptionScorer was given.
+    """
+
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    test_ids: np.ndarray
+    captioner: TrainedCaptioner
+    hypotheses: dict[str, dict[int, str]]
+    scores: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+
+    def table(self, title: str = "") -> str:
+        rows = {system: {m: (v, None) for m, v in row.items()} for system, row in self.scores.items()}
+        return format_metrics_table(rows, title)
+
+
+def holdout_evaluation(
+    coco: CocoCaptions,
+    features: FeatureLookup,
+    train_ids: Sequence[int] | np.ndarray,
+    val_ids: Sequence[int] | np.ndarray,
+    test_ids: Sequence[int] | np.ndarray,
+    config: CaptionerConfig = CaptionerConfig(),
+    scorer: CaptionScorer | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    max_seconds: float | None = None,
+    encoder: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> HoldoutResult:
+    """Train on `train_ids` (best epoch by `val_ids`), caption `test_ids` with the model (greedy and beam) and
+    both baselines, and score all four against the test references.
+
+    With a `CaptionScorer` every metric of TABLE_METRICS is computed by pycocoevalcap; without one, only
+    CIDEr-D (the pure-Python `CiderD`, document frequencies from the test references) — enough for quick
+    comparisons and for machines without Java.
+    """
+    test_ids = np.asarray(sorted(int(i) for i in test_ids), dtype=np.int64)
+    overlap = np.intersect1d(test_ids, np.union1d(np.asarray(train_ids), np.asarray(val_ids)))
+    if overlap.size:
+        raise ValueError(f"{overlap.size} test images are also training/validation images: {overlap[:5].tolist()}")
+    check_features_available(test_ids, features, "test")  # before training, not after it
+    seconds: dict[str, float] = {}
+    captioner = train_captioner(
+        coco, features, train_ids, val_ids, config, out_dir=out_dir, max_seconds=max_seconds, encoder=encoder,
+        extra=extra, progress=progress, log=log,
+    )  # fmt: skip
+    seconds["train"] = captioner.seconds
+    t0 = time.perf_counter()
+    hypotheses = model_hypotheses(captioner, features.lookup(test_ids), test_ids, config)
+    seconds["decode"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hypotheses.update(baseline_captions(coco, features, train_ids, test_ids, config.nn_k))
+    seconds["baselines"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = score_systems(coco.references(), hypotheses, scorer)
+    seconds["score"] = time.perf_counter() - t0
+    return HoldoutResult(
+        train_ids=np.asarray(sorted(int(i) for i in train_ids), dtype=np.int64),
+        val_ids=np.asarray(sorted(int(i) for i in val_ids), dtype=np.int64),
+        test_ids=test_ids,
+        captioner=captioner,
+        hypotheses=hypotheses,
+        scores=scores,
+        seconds=seconds,
+    )
+
+
+def model_hypotheses(
+    captioner: TrainedCaptioner, test_features: np.ndarray, test_ids: np.ndarray, config: CaptionerConfig
+) -> dict[str, dict[int, str]]:
+    """{MODEL_GREEDY: {id: caption}, model_beam(B): {...}} for test images with features (N, F)."""
+    out = {}
+    for beam, name in ((1, MODEL_GREEDY), (config.beam_size, model_beam(config.beam_size))):
+        texts = generate_captions(
+            captioner.model,
+            captioner.vocab,
+            test_features,
+            beam,
+            config.decode_max_length,
+            config.allow_unk,
+            config.length_penalty if beam > 1 else 0.0,
+        )
+        out[name] = {int(i): t for i, t in zip(test_ids, texts, strict=True)}
+    return out
+
+
+# ============================================================================================ k-fold cross-validation
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+@dataclass
+class CrossValidation:
+    """Per-fold scores of every system, and their summaries.
+
+    folds: one dict per fold: {"fold", "n_train", "n_val", "n_test", "scores": system -> metric -> value,
+    "best_epoch", "epochs", "train_seconds", "seconds"}. `reference` is the system wins are counted against.
+    """
+
+    folds: list[dict[str, Any]]
+    config: CaptionerConfig
+    k: int
+    seed: int
+    seconds: float
+    reference: str = NEAREST_NEIGHBOUR
+
+    @property
+    def systems(self) -> list[str]:
+        return list(self.folds[0]["scores"])
+
+    @property
+    def metrics(self) -> list[str]:
+        first = self.folds[0]["scores"][self.systems[0]]
+        return [m for m in TABLE_METRICS if m in first]
+
+    def values(self, system: str, metric: str) -> np.ndarray:
+        """(K,) the metric of `system` in each fold."""
+        return np.array([f["scores"][system][metric] for f in self.folds])
+
+    def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """system -> metric -> (mean, sd over folds)."""
+        return {s: {m: _mean_sd(self.values(s, m)) for m in self.metrics} for s in self.systems}
+
+    def paired(self, system: str) -> dict[str, dict[str, Any]]:
+        """Per metric, `system` minus the reference fold by fold: mean ± sd of the difference and the wins."""
+        out = {}
+        for m in self.metrics:
+            diff = self.values(system, m) - self.values(self.reference, m)
+            mean, sd = _mean_sd(diff)
+            out[m] = {"mean": mean, "sd": sd, "wins": int((diff > 0).sum()), "folds": len(diff)}
+        return out
+
+    def table(self) -> str:
+        """The cross-validated table (mean ± sd over folds) and, for the model, the per-fold comparison."""
+        title = f"{self.k}-fold cross-validation by image (seed {self.seed}): mean ± sd over folds"
+        lines = [format_metrics_table(self.summary(), title, self.metrics)]
+        lines.append("")
+        lines.append(f"paired by fold, against the {self.reference} baseline: mean difference ± sd (wins / folds)")
+        models = [s for s in self.systems if s.startswith("model")]
+        name_width = max(len(s) for s in models)
+        lines.append(f"{'system':<{name_width}}  " + "  ".join(f"{m:>20}" for m in self.metrics))
+        for s in models:
+            cells = [f"{p['mean']:+.3f} ± {p['sd']:.3f} ({p['wins']}/{p['folds']})" for p in self.paired(s).values()]
+            lines.append(f"{s:<{name_width}}  " + "  ".join(f"{c:>20}" for c in cells))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "settings": self.config.to_dict(),
+            "summary": {
+                system: {m: {"mean": mean, "sd": sd} for m, (mean, sd) in row.items()}
+                for system, row in self.summary().items()
+            },
+            "paired_vs": self.reference,
+            "paired": {s: self.paired(s) for s in self.systems if s != self.reference},
+            "folds": self.folds,
+        }
+
+
+def cross_validate(
+    coco: CocoCaptions,
+    features: FeatureLookup,
+    k: int = 5,
+    config: CaptionerConfig = CaptionerConfig(),
+    scorer: CaptionScorer | None = None,
+    *,
+    seed: int = 0,
+    val_fraction: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CrossValidation:
+    """K-fold cross-validation by image of the captioner and both baselines.
+
+    Every image is a test image exactly once. In each fold a fresh captioner is trained on the fold's training
+    part minus a validation slice (`val_fraction`, default the config's), which picks its best epoch and stops it
+    early; then the model (greedy and beam), the most-frequent-caption and the nearest-neighbour baselines caption
+    the test images and are scored. Folds pair the systems: the same test images, the same training images.
+
+    coco: CocoCaptions whose every image has features in `features` (a FeatureStore or a FeatureTable).
+    Returns a CrossValidation (per-fold scores, `summary()`, `paired()`, `table()`).
+    """
+    log = log or (lambda line: None)
+    image_ids = coco.image_ids()
+    check_features_available(image_ids, features, "cross-validation")
+    t0 = time.perf_counter()
+    folds = []
+    for split in fold_splits(image_ids, k, seed, config.val_fraction if val_fraction is None else val_fraction):
+        result = holdout_evaluation(coco, features, split.train, split.val, split.test, config, scorer)
+        train = result.captioner.result
+        folds.append(
+            {
+                "fold": split.fold,
+                "n_train": len(split.train),
+                "n_val": len(split.val),
+                "n_test": len(split.test),
+                "scores": result.scores,
+                "best_epoch": train.best_epoch,
+                "epochs": train.epochs,
+                "stopped": train.stopped,
+                "train_seconds": result.seconds["train"],
+                "seconds": float(sum(result.seconds.values())),
+            }
+        )
+        beam = result.scores[model_beam(config.beam_size)]
+        nn_row = result.scores[NEAREST_NEIGHBOUR]
+        log(
+            f"fold {split.fold}/{k}: {len(split.train)}/{len(split.val)}/{len(split.test)} images, best epoch "
+            f"{train.best_epoch}/{train.epochs} ({train.stopped}, {result.seconds['train']:.0f} s); "
+            + ", ".join(f"{m} {beam[m]:.3f} vs NN {nn_row[m]:.3f}" for m in ("BLEU-4", "CIDEr") if m in beam)
+        )
+    return CrossValidation(folds, config, k, seed, time.perf_counter() - t0)
