@@ -83,13 +83,23 @@ gives 1/12 ≈ 0.083.) Both models get the same budget: hidden size, batch size,
 training stops early once the test MSE has stayed below the target for three evaluations in a row (the table
 reports when that streak began: "solved at").
 
+How it is trained: by the library's one training loop, `minicap.train.Trainer`, as every minicap model is. The
+task is `minicap.models.regressor.AddingProblem`, which draws fresh sequences for every update, so one Trainer
+"epoch" is one evaluation interval (100 updates; 50 in --quick). After each, the Trainer measures the MSE on the
+fixed test set (passed as its validation data, an `ArrayDataset`), and a `stop_when(history)` rule ends the run
+once the streak above is complete. The batches come from the Trainer's seed, one stream per T shared by all three
+models. Training runs the models' fast path (`minicap.nn.fast`; `model.fast = True`, the default); the gradient
+measurements of sections 1–2 use the readable loops of `minicap.nn`, whose caches keep every step (both paths
+compute the same numbers; the tests prove it).
+
 Learning rates. One rate for both cells would favour one of them, so each cell uses the best of 1e-3, 3e-3 and
 1e-2 in trials we ran while writing this lesson (seed 0, H = 64, batch 64, up to 4,000 updates). At T = 100 the
 LSTM was solved after about 1,200 updates at 1e-2 and 1,900 at 3e-3, and reached only 0.02 at 1e-3 (breaking
 through after ~3,000). The RNN stayed at 0.166–0.175 at T = 100 with every rate and initialisation we tried
 (1e-3 and 3e-3; uniform and orthogonal). At T = 50 it did best at 1e-3 (orthogonal init: 0.043 after 1,500
 updates) and worst at 1e-2, where its recurrent weights grew until the units saturated (ρ(Wh) ≈ 6.5 but mean
-tanh′ ≈ 0.13; MSE 0.18–0.20). So: LSTM 1e-2, RNN 1e-3. `--lr-lstm` and `--lr-rnn` rerun any of these.
+tanh′ ≈ 0.13; MSE 0.18–0.20). So: LSTM 1e-2, RNN 1e-3. `--lr-lstm` and `--lr-rnn` rerun any of these (those
+trials drew their batches in an earlier version of the training loop, so a rerun gives somewhat different numbers).
 
 What to look for: the LSTM sits on the 0.167 plateau for a while — its gradient is small at first, see section
 2 — and then breaks through, within a few hundred updates, to a small error; the RNN stays near 0.167 at T = 100.
@@ -125,27 +135,29 @@ At initialisation, T = 100, H = 64:
 The adding problem (test MSE on 1,000 fresh sequences at the end; at most 3,000 updates):
 
     T      LSTM                              RNN (uniform)     RNN (orthogonal)
-    50     0.0006 (solved at 900 updates)    0.094             0.067 (it touched 0.02 on the way)
-    100    0.0009 (solved at 1,400)          0.170             0.169
-    200    0.0010 (solved at 2,100)          0.156             0.156
+    50     0.0007 (solved at 800 updates)    0.170             0.016 (0.0155 at best)
+    100    0.0017 (solved at 1,400)          0.169             0.171
+    200    0.0013 (solved at 1,700)          0.156             0.157
 
-- The LSTM solves all three lengths and its curves show the plateau-then-breakthrough: it leaves 0.167 after
-  about 700, 1,200 and 1,900 updates.
-- The RNN is not helpless: at T = 50 it does learn, slowly (an earlier trial with 4,000 updates reached 0.025
-  and 0.017). At T = 100 and T = 200 it stays on the plateau with every learning rate and initialisation we
-  tried; 0.156 at T = 200 is only a hair below 1/6.
+- The LSTM solves all three lengths and its curves show the plateau-then-breakthrough: it leaves the plateau
+  after about 700, 1,100 and 1,600 updates (at T = 200 the plateau of this test set is 0.156, its own variance).
+- The RNN is not helpless: at T = 50 the orthogonally initialised one learns, slowly and noisily (it leaves the
+  plateau after ~1,100 updates); the uniform one stayed at 0.165–0.17 in this run (earlier trials, with other
+  batches, reached 0.094, and 0.025 and 0.017 with 4,000 updates). At T = 100 and T = 200 it stays on the plateau
+  with every learning rate and initialisation we tried; 0.156 at T = 200 is only a hair below 1/6.
 
 After training on T = 100:
 
-- The LSTM's gradient no longer shrinks (fitted λ = 1.000); 50 steps back it is 2.3e-3, the RNN's 7e-13.
+- The LSTM's gradient no longer shrinks (fitted λ = 0.999); 50 steps back it is 6.1e-3, the RNN's 1.3e-13.
 - "The LSTM learns forget gates near 1" is true only of a few units. The *average* forget gate went DOWN, from
-  0.73 to 0.59; 2 of the 64 units have a mean f above 0.9 (the largest 0.997). Those are the memory: the third
+  0.73 to 0.60; 3 of the 64 units have a mean f above 0.9 (the largest 0.996). Those are the memory: the third
   panel of grad_norms_trained.png shows one — f ≈ 1 along the whole sequence, its cell jumping at the two markers
   and holding in between. The rest of the network learned to forget faster than it did at the start.
-- For the trained RNN, ρ(Wh) · mean tanh′ no longer predicts the decay: 0.979 predicted, 0.589 measured (uniform
-  init; orthogonal: 0.928 vs 0.949). The estimate assumes tanh′ is the same everywhere and unrelated to the
+- For the trained RNN, ρ(Wh) · mean tanh′ no longer predicts the decay: 1.000 predicted, 0.578 measured (uniform
+  init; orthogonal: 0.934 vs 1.008). The estimate assumes tanh′ is the same everywhere and unrelated to the
   direction the gradient travels in; after training that no longer holds.
-- Wall time of the full run: 600 s (T = 200: 104 ms per LSTM update, 25 ms per RNN update; load 2–4 on 2 cores).
+- Wall time of the full run: 852 s under load 4–6 on 2 cores (T = 200: 103 ms per LSTM update, 20–90 ms per RNN
+  update); 600 s in an earlier run under load 2–4.
 
 Outputs (in --out): grad_norms_init.png, grad_norms_trained.png, adding_problem_curves.png, summary.json.
 """
@@ -160,7 +172,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import dataclasses
-import itertools
 import time
 from pathlib import Path
 
@@ -170,10 +181,17 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minicap.optim import Adam
+from minicap.dataset import ArrayDataset
+from minicap.models.regressor import (
+    ADDING_BASELINE_MSE,
+    INITS,
+    AddingProblem,
+    SequenceRegressor,
+    adding_problem,
+    fit_decay_factor,
+)
 from minicap.safe_io import atomic_write, atomic_write_json
-from minicap.sequence_tasks import ADDING_BASELINE_MSE, INITS, SequenceRegressor, adding_problem, fit_decay_factor
-from minicap.sequence_training import adding_batches, train_regressor
+from minicap.train import TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
 
@@ -352,30 +370,62 @@ class Run:
         return min(self.test_mse[1:], default=self.test_mse[0])
 
 
+def solved_at(eval_steps: list[int], test_mse: list[float], cfg: dict) -> int | None:
+    """The update count at which the test MSE began a streak of `patience` evaluations below the target that
+    lasts to the end of the curve, or None."""
+    p = cfg["patience"]
+    if len(test_mse) > p and all(v < cfg["target_mse"] for v in test_mse[-p:]):
+        return eval_steps[-p]
+    return None
+
+
 def train_until_solved(model: SequenceRegressor, T: int, cfg: dict) -> Run:
-    """Adam + global-norm clipping on fresh minibatches (minicap.sequence_training.train_regressor), in chunks of
-    `eval_every` updates; after each chunk the test MSE on fresh sequences; stop once it has stayed below the
-    target for `patience` evaluations in a row, or after `max_steps` updates."""
+    """Adam + global-norm clipping on fresh minibatches, through the library's one training loop
+    (minicap.train.Trainer): one Trainer "epoch" is `eval_every` updates of the adding problem
+    (minicap.models.regressor.AddingProblem draws new sequences for every update), after which the Trainer
+    measures the MSE on the fixed test set (its "validation" data); a `stop_when` rule ends the run once the
+    test MSE has stayed below the target for `patience` evaluations in a row, else it stops after `max_steps`."""
     start = time.perf_counter()
     x_test, y_test = adding_problem(cfg["n_test"], T, np.random.default_rng([SEED, T, 2]))  # same for every model
-    batches = adding_batches(cfg["max_steps"], cfg["batch_size"], T, seed=1000 * SEED + T)  # one stream per T
-    optimizer = Adam(lr=cfg["lr"][model.cell])
-    run = Run([0], [model.mse(x_test, y_test)])
-    below = 0
-    while run.updates < cfg["max_steps"]:
-        chunk = train_regressor(
-            model, optimizer, itertools.islice(batches, cfg["eval_every"]), max_norm=cfg["max_norm"]
-        )
-        run.updates += chunk.updates
+    config = TrainConfig(
+        epochs=cfg["max_steps"] // cfg["eval_every"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"][model.cell],
+        schedule="constant",
+        clip=cfg["max_norm"],
+        optimizer="Adam",
+        patience=None,  # no early stopping on a plateau: only the "solved" rule below ends a run early
+        seed=1000 * SEED + T,  # the batches: one stream per T, the same for every model
+    )
+
+    def stop_when(history: dict) -> str | None:
+        epochs = history["epochs"]
+        steps = [0] + [e["step"] for e in epochs]
+        mse = [history["initial"]["val_loss"]] + [e["val_loss"] for e in epochs]
+        return "solved" if solved_at(steps, mse, cfg) is not None else None
+
+    trainer = Trainer(
+        model,
+        AddingProblem(T, batches_per_epoch=cfg["eval_every"]),
+        config,
+        val_data=ArrayDataset(x_test, y_test),  # the validation loss of a SequenceRegressor is its MSE
+        stop_when=stop_when,
+        on_divergence="stop",
+        progress=False,
+        log=None,
+    )
+    result = trainer.fit()
+    epochs = result.history["epochs"]
+    run = Run(
+        eval_steps=[0] + [e["step"] for e in epochs],
+        test_mse=[result.history["initial"]["val_loss"]] + [e["val_loss"] for e in epochs],
+        updates=result.steps,
+        diverged=result.stopped == "diverged",
+    )
+    if run.diverged:  # the last evaluation is of the parameters before the update that would have blown up
         run.eval_steps.append(run.updates)
         run.test_mse.append(model.mse(x_test, y_test))
-        if chunk.diverged:
-            run.diverged = True
-            break
-        below = below + 1 if run.test_mse[-1] < cfg["target_mse"] else 0
-        if below >= cfg["patience"]:
-            run.solved_at = run.eval_steps[-cfg["patience"]]
-            break
+    run.solved_at = solved_at(run.eval_steps, run.test_mse, cfg)
     run.seconds = time.perf_counter() - start
     return run
 

@@ -9,7 +9,7 @@ steps back from the loss is multiplied k times by the step Jacobian:
 
 If the recurrent matrix Wh stretches vectors — spectral radius ρ(Wh) > 1 — the product can grow geometrically
 with k. Here Wh is a random orthogonal matrix scaled by ρ (every eigenvalue then has modulus exactly ρ), on the
-adding problem with T = 50 steps (`minicap.sequence_tasks`: the target depends on two inputs far apart). The
+adding problem with T = 50 steps (`minicap.models.regressor`: the target depends on two inputs far apart). The
 tanh′ = 1 − h² factors fight back: with ρ > 1 the hidden units are pushed into saturation, where tanh′ is small,
 so the measured growth per step is well below ρ — but it is still growth, compounded over 50 steps.
 
@@ -30,17 +30,27 @@ lesson measures both on the same exploding gradient. Adam is not immune, though:
 the spike chose, not the loss. Measure, don't assume: the training runs below include Adam with and without
 clipping.
 
+HOW THE RUNS ARE TRAINED. Every run goes through the library's one training loop, `minicap.train.Trainer`, on
+`minicap.models.regressor.AddingProblem` (fresh sequences for every update; runs with the same seed see the same
+batches). The optimiser is an object passed in (`SGD` or `Adam` from `minicap.optim`), the learning rate is
+constant, and `TrainConfig(clip=None)` makes the loop only MEASURE the global gradient norm, which it logs before
+any clipping at every step (`result.history["steps"]`). With `on_divergence="stop"` a loss or gradient norm that
+is no longer finite ends the run before its update is applied: `result.stopped == "diverged"` and
+`result.history["diverged_at"]` is that step. (The models train on their fast path, `minicap.nn.fast`; part 1
+measures the gradients through time with the readable loops of `minicap.nn`.)
+
 What the full run measured on the machine this was written on (seeds 0–2; your run prints its own numbers):
   at initialisation, the median ‖∂L/∂h_{T−k}‖ grows ~5000× from k = 0 to k = 50 at ρ = 2 (×1.15 per step on
   average, fastest over the first steps of the sequence, where the state is still small and unsaturated) and
   shrinks ~2500× at ρ = 0.9;
-  SGD without clipping diverges (loss or gradient → inf) at steps 41, 44 and 45 for ρ = 2 — its very first
-  step is ~300 long in parameter space; with clipping, same learning rate and same batches, every loss stays
-  finite and the loss falls from ≈ 3.4 to ≈ 0.3. (The RNN does not SOLVE the task: predicting the mean scores
-  1/6 ≈ 0.167. Learning it at T = 50 is the LSTM's job; see lesson 04.)
+  SGD without clipping diverges (loss or gradient → inf) at steps 42, 42 and 41 for ρ = 2 — its very first
+  step is ~250 long in parameter space; with clipping, same learning rate and same batches, every loss stays
+  finite and the loss falls from 1.5–3.7 (the first batch) to 0.33–0.40 (the mean of the last 50). (The RNN does
+  not SOLVE the task: predicting the mean scores 1/6 ≈ 0.167. Learning it at T = 50 is the LSTM's job; see
+  lesson 04.)
   The ρ = 1 control trains without clipping at the same learning rate, so ρ > 1 — not the learning rate — is
   what breaks SGD here. Adam never diverged, with or without clipping; over 800 steps the clipped Adam runs
-  ended a little lower (≈ 0.17 vs 0.18–0.27).
+  ended a little lower in every seed (validation MSE 0.16–0.17 vs 0.17–0.27).
 
 Run:  python lessons/03_exploding_gradients_and_clipping.py [--out DIR] [--quick]
 Writes DIR/gradient_through_time.png, DIR/training.png and DIR/summary.json.
@@ -60,17 +70,19 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import copy
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from minicap.optim import SGD, Adam, Optimizer
+from minicap.dataset import ArrayDataset
+from minicap.models.regressor import ADDING_BASELINE_MSE, AddingProblem, SequenceRegressor, adding_problem
+from minicap.optim import SGD, Adam, Optimizer, global_norm
 from minicap.plots import save_figure
 from minicap.safe_io import atomic_write_json
-from minicap.sequence_tasks import ADDING_BASELINE_MSE, SequenceRegressor, adding_problem
-from minicap.sequence_training import TrainingHistory, adding_batches, global_norm, train_regressor
+from minicap.train import TrainConfig, Trainer, validation_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +147,7 @@ def first_step_lengths(cfg: Config) -> dict[str, float]:
     """‖Δθ‖ of the first SGD step and the first Adam step on the exploding network's gradient, and again with
     that gradient multiplied by 1000. Each step is taken on a fresh copy of the parameters."""
     model = rnn_with_radius(cfg.radius, cfg, seed=0)
-    x, y = next(adding_batches(1, cfg.batch, cfg.T, seed=1000))
+    x, y = first_batch(cfg, seed=0)
     _, grads = model.loss(x, y)
     n_params = model.num_params()
 
@@ -170,23 +182,106 @@ RUNS = (  # name, optimiser, spectral radius, clip?
 )
 
 
-def train_all(cfg: Config) -> dict[str, list[TrainingHistory]]:
-    validation = adding_problem(cfg.n_val, cfg.T, np.random.default_rng(777))
-    results: dict[str, list[TrainingHistory]] = {}
+def batches(cfg: Config, steps: int) -> AddingProblem:
+    """The training data: `steps` updates on fresh adding-problem sequences, as ONE Trainer epoch."""
+    return AddingProblem(cfg.T, batches_per_epoch=steps)
+
+
+def first_batch(cfg: Config, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first batch a run with data seed 1000 + `seed` trains on (the Trainer draws its epoch the same way)."""
+    data = batches(cfg, 1)
+    return data.batch(data.epoch(np.random.default_rng(1000 + seed), cfg.batch)[0])
+
+
+@dataclasses.dataclass
+class Run:
+    """What one training run did, step by step (lists indexed by update, 0-based), from the Trainer's history.
+
+    loss[s], grad_norm[s]   the batch loss and the global gradient norm BEFORE clipping, at update s
+    clipped[s]              True when clipping rescaled update s's gradients (grad_norm > max_norm)
+    diverged_at             the first step whose loss or gradient norm was not finite: training stopped there and
+                            its update was not applied (None when every step was finite)
+    val_mse                 validation MSE at the end (of the last good parameters, after a divergence)
+    """
+
+    loss: list[float]
+    grad_norm: list[float]
+    clipped: list[bool]
+    diverged_at: int | None
+    val_mse: float
+    seconds: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    def final_loss(self, last: int = 50) -> float:
+        """Mean training loss over the last `last` steps (inf after a divergence): less noisy than one batch."""
+        return math.inf if self.diverged else float(np.mean(self.loss[-last:]))
+
+    def to_dict(self) -> dict:
+        finite = [v if math.isfinite(v) else None for v in self.loss]
+        return {
+            "loss": finite,
+            "grad_norm": self.grad_norm,
+            "clipped": self.clipped,
+            "diverged_at": self.diverged_at,
+            "val_mse": self.val_mse if math.isfinite(self.val_mse) else None,
+            "seconds": self.seconds,
+        }
+
+
+def train(model: SequenceRegressor, optimizer: Optimizer, cfg: Config, seed: int, clip: bool, validation) -> Run:
+    """`cfg.steps` updates through the library's one training loop, minicap.train.Trainer.
+
+    Every run with the same `seed` trains on the same batches (the Trainer draws them from its own seed). The
+    learning rate stays constant; clip=False (TrainConfig.clip=None) only MEASURES the gradient norm; a loss or
+    norm that stops being finite ends the run (on_divergence="stop") before its update is applied.
+    """
+    config = TrainConfig(
+        epochs=1,
+        batch_size=cfg.batch,
+        lr=optimizer.lr,  # the Trainer's schedule sets the optimiser's rate from this at every update
+        schedule="constant",
+        clip=cfg.max_norm if clip else None,
+        patience=None,
+        seed=1000 + seed,
+    )
+    trainer = Trainer(
+        model,
+        batches(cfg, cfg.steps),
+        config,
+        optimizer=optimizer,
+        on_divergence="stop",
+        progress=False,
+        log=None,
+        plot=False,
+    )
+    start = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported, not warned about
+        result = trainer.fit()
+        val_mse = validation_loss(model, validation)
+    steps = result.history["steps"]
+    return Run(
+        loss=steps["loss"],
+        grad_norm=steps["grad_norm"],
+        clipped=[clip and n > cfg.max_norm for n in steps["grad_norm"]],
+        diverged_at=result.history.get("diverged_at") if result.stopped == "diverged" else None,
+        val_mse=val_mse,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def train_all(cfg: Config) -> dict[str, list[Run]]:
+    validation = ArrayDataset(*adding_problem(cfg.n_val, cfg.T, np.random.default_rng(777)))
+    results: dict[str, list[Run]] = {}
     for name, opt_name, radius, clip in RUNS:
         radius = cfg.radius if radius == "radius" else radius
         results[name] = []
         for seed in cfg.seeds:
             model = rnn_with_radius(radius, cfg, seed=seed)
             opt = SGD(cfg.lr_sgd) if opt_name == "sgd" else Adam(cfg.lr_adam)
-            history = train_regressor(
-                model,
-                opt,
-                adding_batches(cfg.steps, cfg.batch, cfg.T, seed=1000 + seed),  # the same batches for every run
-                max_norm=cfg.max_norm if clip else None,
-                validation=validation,
-            )
-            results[name].append(history)
+            results[name].append(train(model, opt, cfg, seed, clip, validation))
     return results
 
 
@@ -208,7 +303,7 @@ def plot_gradient_through_time(gtt: dict[str, dict], cfg: Config, path: Path) ->
     plt.close(fig)
 
 
-def plot_training(results: dict[str, list[TrainingHistory]], cfg: Config, path: Path) -> None:
+def plot_training(results: dict[str, list[Run]], cfg: Config, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_n, ax_l) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -302,17 +397,17 @@ def main(argv: list[str] | None = None) -> int:
         for seed, h in zip(cfg.seeds, histories, strict=True):
             print(
                 f"   {name:<34} {seed:>4} {'—' if h.diverged_at is None else f'step {h.diverged_at}':>11} "
-                f"{h.final_loss():10.3g} {h.val_mse[-1]:8.3g} {np.mean(h.clipped):8.0%} {np.max(h.grad_norm):9.2g}"
+                f"{h.final_loss():10.3g} {h.val_mse:8.3g} {np.mean(h.clipped):8.0%} {np.max(h.grad_norm):9.2g}"
             )
         finals = [h.final_loss() for h in histories]
-        vals = [h.val_mse[-1] for h in histories]
+        vals = [h.val_mse for h in histories]
         max_norm = [float(np.max(h.grad_norm)) for h in histories]
         runs_summary[name] = {
             "diverged_at": [h.diverged_at for h in histories],
             "final_loss": [f if np.isfinite(f) else None for f in finals],
-            "initial_loss": [h.loss[0] for h in histories],
+            "initial_loss": [h.loss[0] if h.loss else None for h in histories],
             "val_mse": [v if np.isfinite(v) else None for v in vals],
-            "all_losses_finite": [bool(np.all(np.isfinite(h.loss))) for h in histories],
+            "all_losses_finite": [not h.diverged and bool(np.all(np.isfinite(h.loss))) for h in histories],
             "fraction_clipped": [float(np.mean(h.clipped)) for h in histories],
             "max_grad_norm": [m if np.isfinite(m) else None for m in max_norm],
             "seconds": [round(h.seconds, 2) for h in histories],

@@ -1,6 +1,6 @@
 """Lesson 04 — SGD, momentum and Adam on the same problem, and what Adam's bias correction does.
 
-THE PROBLEM. The adding problem (`minicap.sequence_tasks`): each of T steps carries a value in [0, 1] and a
+THE PROBLEM. The adding problem (`minicap.models.regressor`): each of T steps carries a value in [0, 1] and a
 marker; the target is the sum of the two marked values. Predicting the mean, 1.0, scores MSE = 1/6 ≈ 0.167;
 anything clearly below that means the network has learned to find the markers and carry the first value
 through time. An LSTM (H = 32) reads the sequence; T = 30 in the full run (T = 10 with --quick, which a few
@@ -15,6 +15,13 @@ lowest validation MSE (held-out sequences) is chosen; the reported number is the
 and (full run) the chosen rates are re-run on two more seeds. If the chosen rate sits at the edge of its grid
 the lesson says so, because then the grid should have been wider.
 
+Every run goes through the library's one training loop, `minicap.train.Trainer`: the optimiser is an object
+passed in (`SGD`, `Momentum` or `Adam` from `minicap.optim`), the rate constant, `clip=None` (the norm is only
+measured), the data `minicap.models.regressor.AddingProblem` (fresh batches, the same for every optimiser because
+they come from the Trainer's seed), and one Trainer "epoch" is the `eval_every` updates between two validation
+measurements. A run whose loss stops being finite is stopped there (`on_divergence="stop"`). The models train on
+their fast path (`minicap.nn.fast`, the default).
+
 THE OPTIMISERS (minicap.optim):
     SGD        θ ← θ − lr·g
     Momentum   u ← μu + g,  θ ← θ − lr·u                             (μ = 0.9)
@@ -23,7 +30,7 @@ THE OPTIMISERS (minicap.optim):
 
 WHY ADAM HELPS HERE. The LSTM's parameters see gradients of very different sizes: at initialisation the
 readout bias's gradient is ~2 while the recurrent weights of the input, forget and output gates see ~5e-4 (the
-lesson prints the table: a spread of ~4000×). SGD has one learning rate for all: large enough for the small
+lesson prints the table: a spread of ~5000×). SGD has one learning rate for all: large enough for the small
 gradients is too large for the big ones (it diverges), small enough for the big ones leaves the rest crawling.
 Adam divides each parameter's step by its own gradient scale √v̂, so every parameter moves at about the same
 speed.
@@ -36,14 +43,16 @@ a step of exactly lr per parameter. The ratio uncorrected/corrected = (1 − β1
 around t ≈ 10 (m's average fills up in ~10 steps, v's takes ~1000) and only returns to 1 after thousands of
 steps. The lesson runs minicap's Adam for 20 steps, records its state m, v after every step, measures the step
 it actually took and computes, from the same m and v, the step it would have taken without the correction.
+That is a short explicit loop (`bias_correction_trace`), not the Trainer: here the loop IS the lesson, since it
+reads the optimiser's state between two updates.
 
 What the full run measured on the machine this was written on (your run prints its own numbers):
-  sweep on seed 0, validation MSE after 1000 updates: SGD ends at 0.158–0.177 for every rate from 0.01 to 0.3
-  (the mean predictor, nothing learned) and diverges at 1.0; momentum learns only at 0.3 (0.0039) and diverges
-  at 1.0; Adam learns at every rate from 0.003 to 0.1, best at 0.01 (0.0005).
-  Test MSE with the chosen rates, seeds 0, 1, 2: SGD (0.01) 0.158, 0.157, 0.157; momentum (0.3) 0.0039, 0.18,
-  0.0013 — its one working rate sits next to the diverging one, and one seed in three failed; Adam (0.01)
-  0.0004, 0.0030, 0.0005.
+  sweep on seed 0, validation MSE after 1000 updates: SGD ends at 0.155–0.158 for every rate from 0.01 to 0.3
+  (the mean predictor, nothing learned) and diverges at 1.0; momentum learns a little at 0.1 (0.033), well only
+  at 0.3 (0.0018), and diverges at 1.0; Adam learns at every rate from 0.003 to 0.1, best at 0.01 (0.0004).
+  Test MSE with the chosen rates, seeds 0, 1, 2: SGD (0.1) 0.155, 0.169, 0.155; momentum (0.3) 0.0019, 0.25,
+  0.0033 — its best rate sits next to the diverging one, and one seed in three failed; Adam (0.01) 0.0004,
+  0.0016, 0.0005.
   Bias correction: the first corrected step moved the median parameter by exactly 1.000·lr; the uncorrected
   step computed from the same m, v would have been 3.16·lr (the norm ratio is 3.15, a little under 3.162
   because ε matters more for the uncorrected step of parameters with tiny gradients); the ratio then follows
@@ -74,11 +83,12 @@ from pathlib import Path
 
 import numpy as np
 
-from minicap.optim import SGD, Adam, Momentum, Optimizer
+from minicap.dataset import ArrayDataset
+from minicap.models.regressor import ADDING_BASELINE_MSE, AddingProblem, SequenceRegressor, adding_problem
+from minicap.optim import SGD, Adam, Momentum, Optimizer, global_norm
 from minicap.plots import save_figure
 from minicap.safe_io import atomic_write_json
-from minicap.sequence_tasks import ADDING_BASELINE_MSE, SequenceRegressor, adding_problem
-from minicap.sequence_training import TrainingHistory, adding_batches, global_norm, train_regressor
+from minicap.train import TrainConfig, Trainer
 
 OPTIMISERS: dict[str, Callable[[float], Optimizer]] = {
     "SGD": lambda lr: SGD(lr),
@@ -111,12 +121,82 @@ class Config:
 QUICK = dataclasses.replace(Config(), T=10, steps=400, eval_every=25, extra_seeds=(), n_val=500, n_test=500)
 
 
-def run(name: str, lr: float, cfg: Config, seed: int, validation) -> tuple[TrainingHistory, SequenceRegressor]:
-    """Train a fresh LSTM (initialisation `seed`) with one optimiser at one rate on batches drawn from `seed`."""
+@dataclasses.dataclass
+class Run:
+    """One training run, from the Trainer's history: the loss of every update, the validation MSE before the
+    first update and after every `eval_every` updates, and where it diverged (None: it did not)."""
+
+    loss: list[float]
+    val_step: list[int]
+    val_mse: list[float]
+    diverged_at: int | None
+    seconds: float
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    def final_loss(self, last: int = 50) -> float:
+        """Mean training loss over the last `last` updates (inf after a divergence)."""
+        return math.inf if self.diverged else float(np.mean(self.loss[-last:]))
+
+    def to_dict(self) -> dict:
+        return {
+            "loss": [v if math.isfinite(v) else None for v in self.loss],
+            "val_step": self.val_step,
+            "val_mse": [v if math.isfinite(v) else None for v in self.val_mse],
+            "diverged_at": self.diverged_at,
+            "seconds": self.seconds,
+        }
+
+
+def first_batches(cfg: Config, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first `n` batches a run with data seed 1000 + `seed` trains on (drawn as the Trainer draws them)."""
+    data = AddingProblem(cfg.T, batches_per_epoch=n)
+    return [data.batch(key) for key in data.epoch(np.random.default_rng(1000 + seed), cfg.batch)]
+
+
+def run(name: str, lr: float, cfg: Config, seed: int, validation: ArrayDataset | None) -> tuple[Run, SequenceRegressor]:
+    """Train a fresh LSTM (initialisation `seed`) with one optimiser at one rate, through the library's one
+    training loop (minicap.train.Trainer): `cfg.steps` updates on fresh adding-problem batches drawn from `seed`
+    (identical for every optimiser), constant rate, no clipping (clip=None only measures the gradient norm), the
+    validation MSE after every `eval_every` updates (one Trainer "epoch"), and a stop if the loss stops being finite.
+    """
+    optimizer = OPTIMISERS[name](lr)
+    config = TrainConfig(
+        epochs=cfg.steps // cfg.eval_every,
+        batch_size=cfg.batch,
+        lr=lr,  # the Trainer's schedule sets the optimiser's rate from this at every update
+        schedule="constant",
+        clip=None,
+        patience=None,
+        seed=1000 + seed,
+    )
     model = SequenceRegressor(input_size=2, hidden_size=cfg.hidden, cell="lstm", seed=seed)
-    batches = adding_batches(cfg.steps, cfg.batch, cfg.T, seed=1000 + seed)  # identical for every optimiser
-    history = train_regressor(model, OPTIMISERS[name](lr), batches, validation=validation, eval_every=cfg.eval_every)
-    return history, model
+    trainer = Trainer(
+        model,
+        AddingProblem(cfg.T, batches_per_epoch=cfg.eval_every),
+        config,
+        val_data=validation,
+        optimizer=optimizer,
+        on_divergence="stop",
+        progress=False,
+        log=None,
+        plot=False,
+    )
+    start = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported, not warned about
+        result = trainer.fit()
+    history = result.history
+    epochs = [e for e in history["epochs"] if e["val_loss"] is not None]
+    history_run = Run(
+        loss=history["steps"]["loss"],
+        val_step=([0] + [e["step"] for e in epochs]) if validation is not None else [],
+        val_mse=([history["initial"]["val_loss"]] + [e["val_loss"] for e in epochs]) if validation is not None else [],
+        diverged_at=history.get("diverged_at") if result.stopped == "diverged" else None,
+        seconds=time.perf_counter() - start,
+    )
+    return history_run, model
 
 
 # ---------------------------------------------------------------------------------------- gradient scales
@@ -126,7 +206,7 @@ def gradient_scales(cfg: Config) -> dict[str, float]:
     """RMS of the gradient of each parameter array (and of each gate's block of Wh) on the first batch, at the
     initialisation every run starts from: how different the scales are that one SGD learning rate must serve."""
     model = SequenceRegressor(input_size=2, hidden_size=cfg.hidden, cell="lstm", seed=0)
-    x, y = next(adding_batches(1, cfg.batch, cfg.T, seed=1000))
+    x, y = first_batches(cfg, 1, seed=0)[0]
     _, grads = model.loss(x, y)
     H = cfg.hidden
 
@@ -144,13 +224,17 @@ def gradient_scales(cfg: Config) -> dict[str, float]:
 
 def bias_correction_trace(lr: float, cfg: Config) -> dict:
     """Run minicap's Adam for `cfg.bias_steps` steps and, after each, compare the step it took with the one it
-    would have taken without bias correction, computed from the same recorded m and v (Adam's public state)."""
+    would have taken without bias correction, computed from the same recorded m and v (Adam's public state).
+
+    This is a short explicit loop on purpose: the loop IS the lesson here. After every update it reads the
+    optimiser's state (m, v, t) and the parameters before and after, which the Trainer does not show. It trains
+    on the first batches of seed 0's runs, without clipping, as the runs above do."""
     model = SequenceRegressor(input_size=2, hidden_size=cfg.hidden, cell="lstm", seed=0)
     opt = Adam(lr)
     P = model.num_params()
     rows = []
     scalar_rows = []  # one readable parameter, b_out[0], through the first steps
-    for x, y in adding_batches(cfg.bias_steps, cfg.batch, cfg.T, seed=1000):
+    for x, y in first_batches(cfg, cfg.bias_steps, seed=0):
         _, grads = model.loss(x, y)
         before = {k: v.copy() for k, v in model.params.items()}
         g_out = float(grads["b_out"][0])
@@ -217,7 +301,7 @@ def plot_learning_rates(sweep: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(best: dict[str, TrainingHistory], chosen: dict[str, float], path: Path) -> None:
+def plot_curves(best: dict[str, Run], chosen: dict[str, float], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -280,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
 
-    validation = adding_problem(cfg.n_val, cfg.T, np.random.default_rng(99))
+    validation = ArrayDataset(*adding_problem(cfg.n_val, cfg.T, np.random.default_rng(99)))
     test = adding_problem(cfg.n_test, cfg.T, np.random.default_rng(98))
     print(
         f"Adding problem, T = {cfg.T}; LSTM, H = {cfg.hidden}; batch {cfg.batch}, {cfg.steps} updates per run, "
@@ -298,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------------------------- the sweep (seed 0)
     print("Learning-rate sweep on seed 0 (validation MSE after the budget; '—' = diverged at that step):")
     sweep: dict[str, list[dict]] = {}
-    best_history: dict[str, TrainingHistory] = {}
+    best_history: dict[str, Run] = {}
     best_model: dict[str, SequenceRegressor] = {}
     chosen: dict[str, float] = {}
     for name, grid in grids.items():

@@ -22,7 +22,7 @@ different models comparable, and this lesson keeps all three:
      Splitting captions at random would put near-copies of test captions into training. `split_by_image`
      puts all captions of an image in one split (80 % train, 10 % validation, 10 % test).
 
-THE BASELINES (`minicap.language_model`).
+THE BASELINES (`minicap.models.ngram`).
   Unigram: P(w) = word frequency (add-one smoothed). It knows which words are common, nothing about order.
   Bigram: P(w | previous word). Raw counts c(v, w) / c(v) give probability 0 to every pair never seen in
   training, and about 1 in 11 held-out pairs is unseen here, so one zero would make the perplexity infinite:
@@ -35,9 +35,9 @@ THE BASELINES (`minicap.language_model`).
       classic best smoother for n-grams, so it is the baseline the LSTM has to beat, not a weak one.
   Both tuning curves are in perplexity.png; the better one on VALIDATION is the headline baseline.
 
-THE LSTM (`LSTMLanguageModel`): embedding -> LSTM -> affine -> softmax, the captioner of lesson 06 without the
-image, every piece from `minicap.nn`. Its state can carry everything the caption said so far, not just the
-last word.
+THE LSTM (`minicap.models.language.LSTMLanguageModel`): embedding -> LSTM -> affine -> softmax, the captioner of
+lesson 06 without the image, every piece from `minicap.nn`. Its state can carry everything the caption said so
+far, not just the last word.
 
 TRUNCATED BACKPROPAGATION THROUGH TIME. Full BPTT over a sequence of length T keeps every step's activations
 (gates, cells, hidden states, and the (V,)-wide scores) for the backward pass — memory ∝ T — and sends each
@@ -53,6 +53,11 @@ into N parallel rows that are read k = 20 tokens at a time (`caption_stream`, `s
 after an <END> is the next <START>, a given, so it is masked out of the loss. No padding is ever computed.
 The lesson prints what one chunk keeps in memory against what BPTT over a whole row would need (the row is
 thousands of steps long: gigabytes against megabytes).
+The training loop is the library's one loop, `minicap.train.Trainer` (Adam, warm-up and cosine schedule,
+global-norm clipping, validation after every pass); what makes it truncated BPTT is passed in, and is short
+enough to read here: `CaptionStream` hands the Trainer one pass of chunks IN ORDER, and `CarriedState`, its
+`loss_fn`, starts each chunk from the state the previous chunk ended in (`model.loss_and_state` returns it) and
+lets no gradient flow back across the boundary.
 
 HOW SHORT CAN k BE? (full run) A side experiment trains the same model for one pass with k = 1, 4 and 20, each
 update N·k = 640 tokens, so only the truncation differs. With k = 1 no gradient crosses from a step to the one
@@ -78,8 +83,8 @@ times are rough; your run prints its own numbers):
   Truncation, validation perplexity after one pass: 31.5 (k = 1), 29.2 (k = 4), 28.6 (k = 20); bigram 37.2.
   Samples: at temperature 0.5, 7 % of 300 are word-for-word training captions and they use 244 distinct words;
   at 1.0, none are copies and they use 683 words (and many more odd combinations).
-  Time: 156–218 s in all over three runs (75–107 s training the main LSTM); --quick: LSTM 32.2 against
-  Kneser–Ney's 39.0 in 17–27 s.
+  Time: 71 s in all in the latest run (34 s training the main LSTM; 156–218 s and 75–107 s in three earlier runs
+  on a busier machine); --quick: LSTM 32.2 against Kneser–Ney's 39.0 in 11–27 s.
 
 Run:  python lessons/05_caption_language_model.py [--captions FILE] [--out DIR] [--quick]
 Default captions: ../shared/coco/captions_val2017_full.json relative to the repository (the official
@@ -110,30 +115,23 @@ from pathlib import Path
 import numpy as np
 
 from minicap import nn
-from minicap.data import (
-    CocoFormatError,
-    Vocabulary,
-    caption_indices_for_images,
-    encode_captions,
-    load_coco_captions,
-    split_by_image,
-    tokenize,
-)
-from minicap.language_model import (
-    SMOOTHINGS,
-    UNK_ID,
-    BigramModel,
+from minicap.coco import CocoFormatError, encode_splits, load_coco_captions, split_by_image
+from minicap.dataset import Dataset
+from minicap.decode import sample_language_model
+from minicap.models.language import (
     CorpusScore,
     LSTMLanguageModel,
     StreamChunk,
-    UnigramModel,
     bigram_pairs,
     caption_stream,
     stream_chunks,
 )
-from minicap.optim import Adam, CosineWithWarmup, clip_grad_norm
+from minicap.models.ngram import SMOOTHINGS, BigramModel, UnigramModel
 from minicap.plots import save_figure
 from minicap.safe_io import atomic_write_json
+from minicap.text import Vocabulary, tokenize
+from minicap.tokens import END, UNK
+from minicap.train import TrainConfig, Trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("MINICAP_SHARED", REPO_ROOT.parent / "shared"))
@@ -155,7 +153,7 @@ class Config:
     max_norm: float = 5.0  # global-norm clipping (lesson 03)
     chunk_lengths: tuple[int, ...] = (1, 4, 20)  # the side experiment (empty: skipped)
     tokens_per_update: int = 640  # side experiment: N·k fixed, so only the truncation differs
-    side_epochs: float = 1.0
+    side_passes: int = 1
     samples_shown: int = 8
     samples_counted: int = 300
     seed: int = 0
@@ -179,36 +177,81 @@ class Splits:
 
 def load_splits(path: Path, cfg: Config) -> Splits:
     coco = load_coco_captions(path)
-    image_ids = np.array([i for i, _ in coco.captions], dtype=np.int64)
-    if len(np.unique(image_ids)) < 30:
-        raise ValueError(f"{path} has captions for only {len(np.unique(image_ids))} images; this lesson needs ≥ 30")
+    image_ids = coco.image_ids()
+    if len(image_ids) < 30:
+        raise ValueError(f"{path} has captions for only {len(image_ids)} images; this lesson needs ≥ 30")
     parts = split_by_image(image_ids, (0.8, 0.1, 0.1), seed=cfg.seed)
-    rows = {name: caption_indices_for_images(image_ids, ids) for name, ids in parts.items()}
-    tokens = [tokenize(text) for _, text in coco.captions]
-    vocab = Vocabulary.build([tokens[r] for r in rows["train"]], min_count=cfg.min_count)
-    longest = max(len(t) for t in tokens)  # no caption is truncated: the models are scored on every word
-    captions = {
-        name: encode_captions([coco.captions[r] for r in idx], vocab, max_length=longest).captions
-        for name, idx in rows.items()
-    }
-    return Splits(vocab, captions, {name: len(ids) for name, ids in parts.items()})
+    longest = max(len(tokenize(text)) for _, text in coco.captions)  # no caption is truncated: every word scored
+    encoded = encode_splits(coco, parts, cfg.min_count, max_length=longest)  # vocabulary from the training split
+    captions = {name: encoded[name].captions for name in parts}
+    return Splits(encoded.vocab, captions, {name: len(ids) for name, ids in parts.items()})
 
 
 # ------------------------------------------------------------------------------------------------- training
 
 
+class CaptionStream(Dataset):
+    """The training captions as ONE stream for truncated BPTT, in the form the library's Trainer reads.
+
+    One Trainer epoch is one pass: the captions are shuffled (with the Trainer's generator), laid end to end
+    (`caption_stream`) and cut into N = batch_size rows read k tokens at a time (`stream_chunks`). The chunks
+    come IN ORDER — chunk j + 1 continues chunk j — so `CarriedState` below can carry the state between them.
+    max_chunks: end the pass after this many chunks (the quick run trains on part of one pass).
+    """
+
+    def __init__(self, captions: np.ndarray, chunk: int, max_chunks: int | None = None) -> None:
+        self.captions, self.chunk, self.max_chunks = captions, chunk, max_chunks
+        self.tokens = caption_stream(captions).size  # the same every pass: only the order changes
+        self._chunks: list[StreamChunk] = []
+
+    def __len__(self) -> int:
+        return self.tokens - 1  # every stream position but the last is an input with a target
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        per_pass = math.ceil(((self.tokens - 1) // batch_size) / self.chunk)
+        return per_pass if self.max_chunks is None else min(per_pass, self.max_chunks)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> list[int]:
+        stream = caption_stream(self.captions[rng.permutation(len(self.captions))])
+        self._chunks = list(stream_chunks(stream, batch_size, self.chunk))[: self.batches_per_epoch(batch_size)]
+        return list(range(len(self._chunks)))
+
+    def batch(self, key: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        piece = self._chunks[key]
+        return piece.words_in, piece.targets, piece.mask, key == 0  # and: does this chunk start a pass?
+
+
+class CarriedState:
+    """The Trainer's loss_fn for truncated BPTT: the state a chunk starts from is where the previous chunk ENDED.
+
+    Forward, (h, c) is carried from one chunk into the next; `loss_and_state` treats it as a constant, so the
+    backward pass stops at the chunk's first step (the gradient is truncated). Each pass starts from zeros.
+    """
+
+    def __init__(self) -> None:
+        self.state = None
+        self.tokens = 0  # counted (predicted) tokens seen
+
+    def __call__(self, model: LSTMLanguageModel, batch: tuple) -> tuple[np.floating, dict[str, np.ndarray]]:
+        words_in, targets, mask, starts_pass = batch
+        if starts_pass or self.state is None:
+            self.state = model.initial_state(len(words_in))  # each pass starts its N rows from zero
+        loss, grads, self.state = model.loss_and_state(words_in, targets, mask, self.state.h, self.state.c)
+        self.tokens += int(mask.sum())
+        return loss, grads
+
+
 @dataclasses.dataclass
-class TrainResult:
+class LanguageModelRun:
     steps: int
     tokens: int  # counted (predicted) tokens seen
     seconds: float
     train_ppl: list[float]  # exp(loss) of every update
-    val_ppl: list[tuple[int, float]]  # (step, validation perplexity) at the end of each pass and of training
+    val_ppl: list[tuple[int, float]]  # (step, validation perplexity) at the end of each pass
 
 
 def steps_per_epoch(train: np.ndarray, batch: int, chunk: int) -> int:
-    row_length = (caption_stream(train).size - 1) // batch
-    return math.ceil(row_length / chunk)
+    return CaptionStream(train, chunk).batches_per_epoch(batch)
 
 
 def train_lstm(
@@ -217,49 +260,61 @@ def train_lstm(
     *,
     batch: int,
     chunk: int,
-    steps: int,
+    passes: int,
+    max_chunks: int | None,
     lr: float,
     warmup: int,
     max_norm: float,
-    rng: np.random.Generator,
-    val: np.ndarray | None = None,
-    validate_each_pass: bool = True,
+    seed: int,
+    val: np.ndarray,
     label: str = "",
-) -> TrainResult:
-    """Truncated BPTT over the stream of training captions, a new caption order on every pass."""
-    opt = Adam(lr)
-    schedule = CosineWithWarmup(lr, total_steps=steps, warmup_steps=min(warmup, steps - 1), min_lr=0.05 * lr)
-    result = TrainResult(0, 0, 0.0, [], [])
-    start = time.perf_counter()
-    while result.steps < steps:
-        stream = caption_stream(train[rng.permutation(len(train))])
-        state = model.initial_state(batch)  # each pass starts its N rows from zero
-        stopped_early = False
-        for piece in stream_chunks(stream, batch, chunk):
-            opt.lr = schedule(result.steps)
-            # The state this chunk starts from is where the previous chunk ENDED (forward carried); `loss`
-            # treats it as a constant, so the backward pass stops here (gradient truncated).
-            loss, grads, state = model.loss(piece.words_in, piece.targets, piece.mask, state.h, state.c)
-            norm = clip_grad_norm(grads, max_norm)
-            if not (math.isfinite(norm) and math.isfinite(float(loss))):
-                raise FloatingPointError(f"{label} step {result.steps}: loss {loss}, gradient norm {norm}")
-            opt.step(model.params, grads)
-            result.steps += 1
-            result.tokens += int(piece.mask.sum())
-            result.train_ppl.append(math.exp(float(loss)))
-            if result.steps == steps:
-                stopped_early = True
-                break
-        if val is not None and ((validate_each_pass and not stopped_early) or result.steps == steps):
-            result.val_ppl.append((result.steps, model.score(val).perplexity))
-            print(
-                f"  {label}step {result.steps:5d}  train ppl (last 50) "
-                f"{np.exp(np.mean(np.log(result.train_ppl[-50:]))):7.2f}   validation ppl {result.val_ppl[-1][1]:7.2f}"
-                f"   ({time.perf_counter() - start:5.1f} s)",
-                flush=True,
-            )
-    result.seconds = time.perf_counter() - start
-    return result
+) -> LanguageModelRun:
+    """Truncated BPTT over the stream of training captions, a new caption order on every pass, through the
+    library's one training loop (minicap.train.Trainer): Adam, a linear warm-up of `warmup` updates then a cosine
+    down to 5 % of `lr`, global-norm clipping, the validation perplexity after every pass. The model trains on
+    its fast path (`model.fast`, the default: minicap.nn.fast, proven equal to the readable loops of minicap.nn).
+
+    `passes` passes over the stream; with `max_chunks`, each pass stops after that many chunks (the quick run).
+    """
+    data = CaptionStream(train, chunk, max_chunks)
+    steps = passes * data.batches_per_epoch(batch)
+    config = TrainConfig(
+        epochs=passes,
+        batch_size=batch,
+        lr=lr,
+        schedule="cosine",
+        warmup=min(warmup, steps - 1) / steps,  # a fraction of all updates: `warmup` updates
+        min_lr=0.05 * lr,
+        clip=max_norm,
+        optimizer="Adam",
+        patience=None,
+        seed=seed,  # the caption order of every pass
+    )
+    carried = CarriedState()
+    trainer = Trainer(
+        model,
+        data,
+        config,
+        loss_fn=carried,
+        val_metric=lambda m: -m.score(val).perplexity,  # higher is better for the Trainer: minus the perplexity
+        progress=False,
+        log=None,
+        plot=False,
+    )
+    result = trainer.fit()
+    history = result.history
+    val_ppl = [(e["step"], -e["val_metric"]) for e in history["epochs"]]
+    elapsed = 0.0
+    for e in history["epochs"]:
+        elapsed += e["seconds"] + e["val_seconds"]
+        print(
+            f"  {label}step {e['step']:5d}  train ppl (last 50) "
+            f"{np.exp(np.mean(history['steps']['loss'][max(0, e['step'] - 50) : e['step']])):7.2f}   "
+            f"validation ppl {-e['val_metric']:7.2f}   ({elapsed:5.1f} s)",
+            flush=True,
+        )
+    train_ppl = [math.exp(v) for v in history["steps"]["loss"]]
+    return LanguageModelRun(result.steps, carried.tokens, result.seconds, train_ppl, val_ppl)
 
 
 def stream_score(model: LSTMLanguageModel, captions: np.ndarray, rng: np.random.Generator) -> CorpusScore:
@@ -274,12 +329,16 @@ def stream_score(model: LSTMLanguageModel, captions: np.ndarray, rng: np.random.
 
 def chunk_memory(model: LSTMLanguageModel, piece: StreamChunk, row_length: int) -> dict[str, float]:
     """Bytes the backward pass must keep for one chunk, measured on the library's caches, and scaled to full BPTT
-    over a whole row (memory grows linearly with the number of steps kept)."""
+    over a whole row (memory grows linearly with the number of steps kept).
+
+    Measured on the cache of the path training uses, the fast one (`minicap.nn.fast.lstm_forward`, time-major
+    buffers: inputs, activated gates, cells, tanh of the cells, hidden states). The readable loop of
+    `minicap.nn` keeps the same quantities in one small cache per step, plus references to the weights."""
     p = model.params
     N, k = piece.words_in.shape
     x, _ = nn.word_embedding_forward(piece.words_in, p["W_embed"])
     zeros = model.initial_state(N)
-    _, cache = nn.lstm_forward(x, zeros.h, p["Wx"], p["Wh"], p["b"], c0=zeros.c)
+    _, cache = nn.fast.lstm_forward(x, zeros.h, p["Wx"], p["Wh"], p["b"], c0=zeros.c)
     lstm_bytes = sum(a.nbytes for a in (cache.x, cache.gates, cache.c, cache.tanh_c, cache.h))
     scores_bytes = 2 * int(piece.mask.sum()) * model.vocab_size * model.dtype.itemsize  # scores and their gradient
     per_step = (lstm_bytes + scores_bytes) / k
@@ -302,9 +361,9 @@ def sample_report(model: LSTMLanguageModel, splits: Splits, cfg: Config) -> tupl
     training_captions = {" ".join(vocab.decode_tokens(row)) for row in splits.captions["train"]}
     shown, stats = {}, {}
     for temperature in TEMPERATURES:
-        ids = model.sample(cfg.samples_counted, temperature, rng=cfg.seed, max_length=30)
+        ids = sample_language_model(model, cfg.samples_counted, temperature, rng=cfg.seed, max_length=30)
         words = [vocab.decode_tokens(row) for row in ids]
-        ended = (ids == 2).any(axis=1)  # <END> = 2 reached before max_length
+        ended = (ids == END).any(axis=1)  # <END> reached before max_length
         shown[str(temperature)] = [vocab.decode(row) for row in ids[: cfg.samples_shown]]
         stats[str(temperature)] = {
             "mean_words": float(np.mean([len(w) for w in words])),
@@ -318,7 +377,7 @@ def sample_report(model: LSTMLanguageModel, splits: Splits, cfg: Config) -> tupl
 # ------------------------------------------------------------------------------------------------- figures
 
 
-def plot_perplexity(result: TrainResult, baselines: dict[str, float], curves: dict[str, np.ndarray], path: Path):
+def plot_perplexity(result: LanguageModelRun, baselines: dict[str, float], curves: dict[str, np.ndarray], path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab, caps = splits.vocab, splits.captions
     V = len(vocab)
     predicted = {name: int((c[:, 1:] != 0).sum()) for name, c in caps.items()}  # words + <END> per split
-    unk_test = float((caps["test"] == UNK_ID).sum() / predicted["test"])
+    unk_test = float((caps["test"] == UNK).sum() / predicted["test"])
     print(
         f"{args.captions.name}: {sum(len(c) for c in caps.values())} captions of {sum(splits.num_images.values())} "
         f"images, split by image:"
@@ -449,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  -> the best bigram on validation is {best_bigram}: the LSTM's opponent.\n")
 
     # ------------------------------------------------------------------------------------------------ LSTM
-    rng = np.random.default_rng(cfg.seed)
     per_pass = steps_per_epoch(caps["train"], cfg.batch, cfg.chunk)
-    steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * per_pass)
+    passes = 1 if cfg.steps is not None else int(cfg.epochs)  # the quick run: the first `steps` chunks of a pass
+    steps = passes * (per_pass if cfg.steps is None else min(cfg.steps, per_pass))
     lstm = LSTMLanguageModel(V, cfg.wordvec, cfg.hidden, seed=cfg.seed, word_counts=unigram.counts)
     row_length = (caption_stream(caps["train"]).size - 1) // cfg.batch
     memory = chunk_memory(lstm, next(stream_chunks(caption_stream(caps["train"]), cfg.batch, cfg.chunk)), row_length)
@@ -472,13 +531,13 @@ def main(argv: list[str] | None = None) -> int:
         caps["train"],
         batch=cfg.batch,
         chunk=cfg.chunk,
-        steps=steps,
+        passes=passes,
+        max_chunks=cfg.steps,
         lr=cfg.lr,
         warmup=cfg.warmup,
         max_norm=cfg.max_norm,
-        rng=rng,
+        seed=cfg.seed,
         val=caps["val"],
-        validate_each_pass=not args.quick,
     )
     val_ppl["lstm"] = result.val_ppl[-1][1]
     test_ppl["lstm"] = lstm.score(caps["test"]).perplexity
@@ -506,10 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------------------- truncation experiment
     side = []
     if cfg.chunk_lengths:
-        side_steps = round(cfg.side_epochs * steps_per_epoch(caps["train"], cfg.tokens_per_update // 20, 20))
+        side_steps = cfg.side_passes * steps_per_epoch(caps["train"], cfg.tokens_per_update // 20, 20)
         print(
-            f"Truncation length: the same LSTM trained {side_steps} updates of {cfg.tokens_per_update} tokens each "
-            f"for k in {list(cfg.chunk_lengths)} (N = {cfg.tokens_per_update} / k rows):"
+            f"Truncation length: the same LSTM trained {cfg.side_passes} pass(es), about {side_steps} updates of "
+            f"{cfg.tokens_per_update} tokens each, for k in {list(cfg.chunk_lengths)} (N = {cfg.tokens_per_update}"
+            " / k rows):"
         )
         for k in cfg.chunk_lengths:
             model = LSTMLanguageModel(V, cfg.wordvec, cfg.hidden, seed=cfg.seed, word_counts=unigram.counts)
@@ -518,20 +578,20 @@ def main(argv: list[str] | None = None) -> int:
                 caps["train"],
                 batch=cfg.tokens_per_update // k,
                 chunk=k,
-                steps=side_steps,
+                passes=cfg.side_passes,
+                max_chunks=None,
                 lr=cfg.lr,
                 warmup=cfg.warmup,
                 max_norm=cfg.max_norm,
-                rng=np.random.default_rng(cfg.seed),
+                seed=cfg.seed,
                 val=caps["val"],
-                validate_each_pass=False,
                 label=f"k = {k:2d}: ",
             )
             side.append(
                 {
                     "chunk": k,
                     "batch": cfg.tokens_per_update // k,
-                    "steps": side_steps,
+                    "steps": r.steps,
                     "val_ppl": r.val_ppl[-1][1],
                     "seconds": r.seconds,
                 }

@@ -39,9 +39,10 @@ Everything of lessons 01–05 comes together here, on real photos. The pipeline 
 
 What the full run measured on the 2-core machine this was written on, shared with other jobs, so the times are
 noisy (your run prints its own numbers; the training is deterministic, so the metrics should match):
-  features of 271 photos in 5 s; 25 epochs of training in 37 s, best epoch 23 by validation CIDEr-D; 59 s in all.
+  features of 271 photos in 5–7 s; 25 epochs of training in 37–57 s, best epoch 23 by validation CIDEr-D; 59–81 s
+  in all.
   On the 30 held-out photos:          BLEU-1  BLEU-4  METEOR  ROUGE-L  CIDEr
-      model, greedy                    0.589   0.128   0.164    0.427  0.410
+      model, greedy                    0.592   0.128   0.164    0.427  0.410
       model, beam 3                    0.600   0.149   0.171    0.428  0.458
       most frequent caption            0.304   0.000   0.068    0.266  0.038
       nearest neighbour                0.545   0.108   0.161    0.375  0.425
@@ -77,10 +78,14 @@ from pathlib import Path
 
 import numpy as np
 
-from minicap.evaluate import MODEL_GREEDY, NEAREST_NEIGHBOUR, generate_captions, model_beam, score_systems
-from minicap.features import FeatureStore
-from minicap.pipeline import DEMO_SETTINGS, CocoDataMissing, find_coco, make_scorer, run_demo
+from minicap.baselines import NEAREST_NEIGHBOUR
+from minicap.coco import CocoDataMissing, find_coco
+from minicap.config import CaptionerConfig
+from minicap.experiments import model_beam, model_hypotheses
+from minicap.metrics import score_systems
+from minicap.pipeline import DEMO_TIME_BUDGET, make_scorer, run_demo
 from minicap.safe_io import atomic_write_json
+from minicap.vision.store import FeatureStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_COCO = REPO_ROOT.parent / "shared" / "coco"
@@ -100,14 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # ------------------------------------------------------------------------------ the whole pipeline, once
-    settings = DEMO_SETTINGS.replace(max_train_seconds=30.0) if args.quick else DEMO_SETTINGS
+    # The one captioner configuration (minicap.config), as `minicap demo` uses it; --quick holds out 20 photos
+    # (of 120) instead of 30 and trains for at most 30 s instead of the demo's time budget.
+    config = CaptionerConfig(min_test_images=20) if args.quick else CaptionerConfig()
+    max_train_seconds = 30.0 if args.quick else DEMO_TIME_BUDGET
     scorer = make_scorer(print)  # METEOR's Java process, started once and shared with the experiment below
     try:
         result = run_demo(
             args.coco,
             args.out,
-            settings=settings,
-            test_images=20 if args.quick else 30,
+            config=config,
+            max_train_seconds=max_train_seconds,
             max_images=120 if args.quick else None,
             scorer=scorer,
             progress=False,
@@ -116,10 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         # The same trained model and test photos, decoded once more with <UNK> allowed.
         captioner, test_ids = result.holdout.captioner, result.holdout.test_ids
         features = FeatureStore.load(result.features).lookup(test_ids)  # the test photos' stored vectors
-        with_unk = {}
-        for beam, name in ((1, MODEL_GREEDY), (settings.beam_size, model_beam(settings.beam_size))):
-            texts = generate_captions(captioner.model, captioner.vocab, features, beam, allow_unk=True)
-            with_unk[name + ", <UNK> allowed"] = dict(zip(test_ids.tolist(), texts, strict=True))
+        decoded = model_hypotheses(captioner, features, test_ids, config.replace(allow_unk=True))
+        with_unk = {name + ", <UNK> allowed": captions for name, captions in decoded.items()}
         unk_scores = score_systems(result.references, with_unk, scorer)
     finally:
         if scorer is not None:
@@ -127,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------------------------------ the results
     print("\n" + result.table)
-    beam = model_beam(settings.beam_size)
+    beam = model_beam(config.beam_size)
     cider = {system: row["CIDEr"] for system, row in result.scores.items()}
     print(
-        f"\nCIDEr: the model (beam {settings.beam_size}) {cider[beam]:.3f}, the nearest neighbour "
+        f"\nCIDEr: the model (beam {config.beam_size}) {cider[beam]:.3f}, the nearest neighbour "
         f"{cider[NEAREST_NEIGHBOUR]:.3f}, the most frequent caption {min(cider.values()):.3f}."
     )
     print("\nWith <UNK> allowed (the same model, the same photos):")
@@ -155,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "coco": str(args.coco),
         "split": {k: len(v) for k, v in result.split.items()},
-        "settings": settings.to_dict(),
+        "config": config.to_dict(),
+        "max_train_seconds": max_train_seconds,
         "training": {"stopped": train.stopped, "epochs": train.epochs, "best_epoch": train.best_epoch},
         "scores": result.scores,
         "unk_allowed_scores": unk_scores,
