@@ -3,7 +3,7 @@
 Measures, in one run and interleaved repeat by repeat (so a noisy neighbour hits all three alike):
   (a) decode     JPEG decode + preprocess alone, through the same worker pool extraction uses
   (b) inference  ONNX Runtime alone on already-decoded (N, 3, S, S) tensors, same batch size
-  (c) end_to_end `minicap.features.extract_features`, the whole call: hashing the ONNX file, opening the
+  (c) end_to_end `minicap.vision.extract.extract_features`, the whole call: hashing the ONNX file, opening the
                  session, overlapped decode + inference, pickling the store atomically
 and prints medians with min-max, the ratio end_to_end / (decode + inference) (target <= 1.05: overlap should
 cost nothing; < 1 means it saves time) and, with --sweep, the alternatives the defaults were chosen from.
@@ -11,7 +11,7 @@ The last line is one JSON object.
 
     .venv/bin/python benchmarks/bench_extract.py [--images /work/shared/coco/images] [--repeats 3] [--sweep]
 
-The encoder is the real EfficientNet-Lite0 graph built by `minicap.encoders` (or any encoder file via --encoder).
+The encoder is the real EfficientNet-Lite0 graph built by `minicap.vision.encoders` (or any encoder file via --encoder).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minicap.features import OnnxEncoder, decode_batches, extract_features, load_image_tensor
+from minicap.vision.extract import OnnxEncoder, decode_batches, extract_features, load_image_tensor
 
 
 def stats(times: list[float]) -> dict[str, float]:
@@ -66,9 +66,9 @@ def list_images(images_dir: Path, limit: int | None) -> list[tuple[int, Path]]:
 
 def build_lite0(out_dir: Path) -> Path:
     try:
-        from minicap.encoders import build_encoder, save_encoder
+        from minicap.vision.encoders import build_encoder, save_encoder
     except ImportError as e:
-        sys.exit(f"minicap.encoders.build_encoder is not available ({e}); pass an encoder file with --encoder")
+        sys.exit(f"minicap.vision.encoders.build_encoder is not available ({e}); pass an encoder file with --encoder")
     path = out_dir / "efficientnet_lite0.onnx"
     save_encoder(build_encoder("efficientnet_lite0"), path)
     return path

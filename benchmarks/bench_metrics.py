@@ -19,8 +19,8 @@ import resource
 import statistics
 import time
 
-from minicap.data import load_coco_captions
-from minicap.evaluate import CaptionScorer
+from minicap.coco import load_coco_captions
+from minicap.metrics import CaptionScorer
 
 SIZES = (30, 100, 300)
 STAGES = ("tokenize", "BLEU", "METEOR", "ROUGE_L", "CIDEr")

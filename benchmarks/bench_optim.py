@@ -1,8 +1,8 @@
 """How fast is one optimiser step on a captioner-sized model (~10M float32 parameters)?
 
 Compares `minicap.optim.Adam.step` (every operation writes into existing memory) with the textbook form
-that allocates a temporary array per operation, plus SGD, momentum, `clip_grad_norm` (BLAS dot vs. sum of
-squares) and, when PyTorch is importable, `torch.optim.Adam` on the same sizes as a peer reference.
+that allocates a temporary array per operation, plus SGD, momentum, `global_norm` / `clip_grad_norm` (BLAS dot
+vs. sum of squares) and, when PyTorch is importable, `torch.optim.Adam` on the same sizes as a peer reference.
 
     .venv/bin/python benchmarks/bench_optim.py [--repeats 15]
 
@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from minicap.optim import SGD, Adam, Momentum, clip_grad_norm
+from minicap.optim import SGD, Adam, Momentum, clip_grad_norm, global_norm
 
 # A captioner with V=7000 words, H=512, E=512 word embeddings, F=1280 image features: 9.9M parameters.
 SHAPES = {
@@ -103,6 +103,7 @@ def main() -> None:
         "sgd": lambda: sgd.step(p_a, grads),
         "momentum_nesterov": lambda: mom.step(p_a, grads),
         # max_norm above the norm: this times the norm computation (the rescale is one more in-place pass).
+        "global_norm": lambda: global_norm(grads),  # the norm alone (what the Trainer logs when clip is None)
         "clip_grad_norm": lambda: clip_grad_norm(grads, max_norm=1e9),
         "norm_sum_of_squares": lambda: math.sqrt(sum(float(np.sum(g * g)) for g in grads.values())),
     }

@@ -1,19 +1,24 @@
 """minicap against the same captioner in PyTorch: cross-validated CIDEr and training wall time, from ONE run.
 
-    python benchmarks/peer_torch.py [--coco ../shared/coco] [--work runs/demo] [--folds 5] [--threads 2]
+    python benchmarks/peer_torch.py [--coco ../shared/coco] [--work runs/demo] [--folds 5] [--threads 2] [--epochs E]
 
 Both sides get exactly the same everything except the framework that does the arithmetic:
+- the same settings: the one captioner configuration, `minicap.config.CaptionerConfig()` (`--epochs` may
+  shorten it for a quick check), read by both sides;
 - the same features (the demo's cached EfficientNet-Lite0 store; built on first use), folds by image and
-  validation slices (`minicap.evaluate.fold_splits`), vocabulary and encoded captions
-  (`minicap.evaluate.prepare_training_data`), and feature standardisation (training-image mean / std);
+  validation slices (`minicap.coco.fold_splits` with the config's val_fraction, as `minicap evaluate --folds`),
+  vocabulary, encoded captions and datasets (`minicap.captioner.captioner_data`), and the starting model
+  (`minicap.captioner.new_captioner`: output bias at log word frequencies, feature standardisation with the
+  training images' mean / std);
 - the same architecture: image features -> nn.Linear -> h0, nn.Embedding, one-layer nn.LSTM, nn.Linear to the
   vocabulary; the same INITIAL PARAMETERS (minicap's seeded initialisation copied into the torch modules, gates
   reordered from minicap's i, f, o, g to torch's i, f, g, o; torch's second LSTM bias `bias_hh` is held at 0,
   because two biases with identical gradients would take two Adam steps where minicap takes one);
 - the same recipe: masked cross-entropy summed over counted positions / N, global-norm clipping
-  (clip_grad_norm_), AdamW with minicap's warm-up + cosine schedule set before every update, the same minibatch
-  order (the same NumPy generator and `minicap.data.minibatches`), validation loss and validation CIDEr-D after
-  every epoch, best epoch and early stopping by validation CIDEr-D with the same patience;
+  (clip_grad_norm_), AdamW with minicap's warm-up + cosine schedule set before every update, the same minibatches
+  in the same order (the same NumPy generator, `CaptionDataset.epoch` and `.batch`, as `minicap.train.Trainer`),
+  validation loss and validation CIDEr-D before the first update and after every epoch, best epoch and early
+  stopping by validation CIDEr-D with the same patience;
 - the same decoding and scoring: the torch parameters are copied back into a `CaptionModel` and decoded by
   minicap's greedy / beam search; CIDEr (and BLEU-4, ROUGE-L) by pycocoevalcap on each fold's test images
   (pure-Python CIDEr-D if Java is missing).
@@ -49,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the folds")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--blas-threads", type=int, default=None, help="OpenBLAS threads for minicap (default: --threads)")
+    p.add_argument("--epochs", type=int, default=None, help="override CaptionerConfig.epochs (a quick check)")
     args = p.parse_args()
     if args.blas_threads is None:
         args.blas_threads = args.threads
@@ -66,30 +72,21 @@ except ImportError:
 
 import numpy as np  # noqa: E402
 
-from minicap.data import load_coco_captions, minibatches  # noqa: E402
-from minicap.evaluate import (  # noqa: E402
-    MODEL_GREEDY,
-    CaptionerSettings,
-    CaptionScorer,
-    EvaluationUnavailable,
+from minicap.captioner import (  # noqa: E402
+    CaptionerData,
     TrainedCaptioner,
-    check_eval_dependencies,
-    fold_splits,
-    model_beam,
-    model_hypotheses,
-    prepare_training_data,
-    score_systems,
+    captioner_data,
+    new_captioner,
     train_captioner,
 )
-from minicap.model import CaptionModel, target_mask  # noqa: E402
-from minicap.pipeline import (  # noqa: E402
-    DEMO_SETTINGS,
-    captions_with_features,
-    ensure_encoder,
-    ensure_features,
-    find_coco,
-)
-from minicap.train import feature_statistics, make_schedule, new_model  # noqa: E402
+from minicap.coco import find_coco, fold_splits, load_coco_captions  # noqa: E402
+from minicap.config import CaptionerConfig  # noqa: E402
+from minicap.experiments import MODEL_GREEDY, model_beam, model_hypotheses  # noqa: E402
+from minicap.metrics import CaptionScorer, EvaluationUnavailable, check_eval_dependencies, score_systems  # noqa: E402
+from minicap.models import CaptionModel  # noqa: E402
+from minicap.pipeline import captions_with_features, ensure_encoder, ensure_features  # noqa: E402
+from minicap.tokens import target_mask  # noqa: E402
+from minicap.train import make_schedule  # noqa: E402
 
 # minicap's LSTM gate blocks are (i, f, o, g); torch's are (i, f, g, o).
 _TORCH_FROM_MINICAP = [0, 1, 3, 2]  # torch block k holds minicap block _TORCH_FROM_MINICAP[k]
@@ -153,61 +150,77 @@ def to_caption_model(net, like: CaptionModel) -> CaptionModel:
         "W_vocab": t["vocab.weight"].T,
         "b_vocab": t["vocab.bias"],
     }
-    return CaptionModel.from_config(like.config, params, like.feature_mean, like.feature_std)
+    model = CaptionModel.from_config(like.config, params, like.constants)
+    assert isinstance(model, CaptionModel)
+    return model
 
 
-def train_torch(coco, store, split, settings: CaptionerSettings) -> tuple[TrainedCaptioner, float]:
-    """The Trainer's loop (minicap/train.py) in torch. Returns (the best epoch as a CaptionModel, update seconds)."""
+def train_torch(coco, store, split, config: CaptionerConfig) -> tuple[TrainedCaptioner, float]:
+    """`minicap.train.Trainer`'s loop in torch, on `captioner_data`'s datasets, from `new_captioner`'s start.
+    Returns (the best epoch as a minicap model, with no TrainResult; the update steps' seconds)."""
     started = time.perf_counter()
-    data = prepare_training_data(coco, store, split.train, split.val, settings)
-    config = settings.train_config()
-    start = new_model(data.vocab, data.feature_size, settings.hidden_size, settings.wordvec_size, seed=settings.seed)
-    mean, std = feature_statistics(data.train.image_ids, store)
-    start.set_feature_standardisation(mean, std)  # what the Trainer does (float32, std floored at 1e-6)
+    data: CaptionerData = captioner_data(coco, store, split.train, split.val, config)
+    train_config = config.train_config()
+    start = new_captioner(config, data.vocab, data.train)
     net = make_torch_model(start)
 
-    def standardised(ids):
-        return torch.from_numpy((store.lookup(ids) - start.feature_mean) / start.feature_std)
+    def standardised(features: np.ndarray):
+        """What CaptionModel does to its input features: cast to float32, then (x − mean) / std if configured."""
+        x = np.asarray(features).astype(start.dtype, copy=False)
+        if start.feature_mean is not None and start.feature_std is not None:
+            x = (x - start.feature_mean) / start.feature_std
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    def as_batch(batch):
+        features, captions = batch
+        return standardised(features), torch.from_numpy(captions.astype(np.int64))
+
+    def validate() -> float:
+        """The Trainer's criterion, higher is better: validation CIDEr-D, or minus the validation loss (computed
+        every epoch either way, as the Trainer does: `minicap.train.validation_loss` batch for batch)."""
+        assert data.val is not None
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for indices in data.val.in_order(max(train_config.batch_size, 256)):
+                total += float(net.loss(*as_batch(data.val.batch(indices)))) * len(indices)
+                count += len(indices)
+        if data.val_metric is None:
+            return -total / count
+        return data.val_metric(to_caption_model(net, start))
 
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, eps=1e-8)
-    n = len(data.train.captions)
-    batches_per_epoch = -(-n // config.batch_size)
-    schedule = make_schedule(config, config.epochs * batches_per_epoch)
-    rng = np.random.default_rng(config.seed)
-    val_caps = torch.from_numpy(data.val.captions.astype(np.int64))
-    val_feats = standardised(data.val.image_ids)
+    optimizer = torch.optim.AdamW(params, lr=train_config.lr, weight_decay=train_config.weight_decay, eps=1e-8)
+    schedule = make_schedule(train_config, train_config.epochs * data.train.batches_per_epoch(train_config.batch_size))
+    rng = np.random.default_rng(train_config.seed)
+    validate()  # the Trainer validates once before the first update (its "initial" record)
     step, best, best_state, since_best, update_seconds = 0, None, None, 0, 0.0
-    for _epoch in range(config.epochs):
+    for _epoch in range(train_config.epochs):
         clock = time.perf_counter()
         net.train()
-        for indices in minibatches(n, config.batch_size, rng):
-            caps = data.train.captions[indices]
-            used = np.flatnonzero((caps != 0).any(axis=0))
-            caps = torch.from_numpy(caps[:, : int(used[-1]) + 1].astype(np.int64))
+        for key in data.train.epoch(rng, train_config.batch_size):
+            features, captions = as_batch(data.train.batch(key))
             for group in optimizer.param_groups:
                 group["lr"] = schedule(step)
             optimizer.zero_grad(set_to_none=True)
-            loss = net.loss(standardised(data.train.image_ids[indices]), caps)
+            loss = net.loss(features, captions)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.clip)
+            if train_config.clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, train_config.clip)
             optimizer.step()
             step += 1
         update_seconds += time.perf_counter() - clock
-        with torch.no_grad():  # validation loss, as the Trainer computes it every epoch
-            net.loss(val_feats, val_caps)
-        score = data.val_metric(to_caption_model(net, start))
+        score = validate()
         if best is None or score > best:
             best, since_best = score, 0
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
         else:
             since_best += 1
-            if config.patience is not None and since_best >= config.patience:
+            if train_config.patience is not None and since_best >= train_config.patience:
                 break
     net.load_state_dict(best_state)
-    return TrainedCaptioner(
-        to_caption_model(net, start), data.vocab, None, time.perf_counter() - started
-    ), update_seconds
+    seconds = time.perf_counter() - started
+    # No TrainResult: `model_hypotheses` reads only the model and the vocabulary.
+    return TrainedCaptioner(to_caption_model(net, start), data.vocab, None, seconds), update_seconds  # type: ignore
 
 
 def mean_sd(values) -> tuple[float, float]:
@@ -222,7 +235,7 @@ def main() -> int:
         return 0
     torch.set_num_threads(ARGS.threads)
     torch.manual_seed(0)
-    settings = DEMO_SETTINGS.replace(max_train_seconds=None)
+    config = CaptionerConfig() if ARGS.epochs is None else CaptionerConfig().replace(epochs=ARGS.epochs)
     folder = find_coco(ARGS.coco)
     store = ensure_features(
         folder, ensure_encoder(ARGS.work, log=print), Path(ARGS.work) / "features.pkl", False, print
@@ -238,33 +251,34 @@ def main() -> int:
     refs = coco.references()
     print(
         f"{len(coco.image_ids())} images, {ARGS.folds} folds (seed {ARGS.seed}); torch {torch.__version__} with "
-        f"{ARGS.threads} threads, minicap with {ARGS.blas_threads} OpenBLAS thread(s); settings {settings.to_dict()}"
+        f"{ARGS.threads} threads, minicap with {ARGS.blas_threads} OpenBLAS thread(s); config {config.to_dict()}"
     )
+    B = config.beam_size  # the model is reported greedy and with beam search of this width (3)
     rows = []
-    for split in fold_splits(coco.image_ids(), ARGS.folds, ARGS.seed):
+    for split in fold_splits(coco.image_ids(), ARGS.folds, ARGS.seed, config.val_fraction):
         row = {"fold": split.fold}
         test_features = store.lookup(split.test)
         for name in ("minicap", "torch"):
             if name == "minicap":
-                captioner = train_captioner(coco, store, split.train, split.val, settings)
+                captioner = train_captioner(coco, store, split.train, split.val, config)
                 updates = sum(e["seconds"] for e in captioner.result.history["epochs"])
                 epochs = captioner.result.epochs
             else:
-                captioner, updates = train_torch(coco, store, split, settings)
+                captioner, updates = train_torch(coco, store, split, config)
                 epochs = None
-            hyps = model_hypotheses(captioner, test_features, split.test, settings)
+            hyps = model_hypotheses(captioner, test_features, split.test, config)
             scores = score_systems(refs, hyps, scorer)
             row[name] = {
                 "train_seconds": captioner.seconds,
                 "update_seconds": updates,
                 "epochs": epochs,
-                **{f"{m} {d}": scores[s][m] for s, d in ((MODEL_GREEDY, "greedy"), (model_beam(3), "beam3"))
+                **{f"{m} {d}": scores[s][m] for s, d in ((MODEL_GREEDY, "greedy"), (model_beam(B), f"beam{B}"))
                    for m in scores[s]},
             }  # fmt: skip
         rows.append(row)
         m, t = row["minicap"], row["torch"]
         print(
-            f"fold {split.fold}: CIDEr beam 3 minicap {m['CIDEr beam3']:.3f} torch {t['CIDEr beam3']:.3f}; "
+            f"fold {split.fold}: CIDEr beam {B} minicap {m[f'CIDEr beam{B}']:.3f} torch {t[f'CIDEr beam{B}']:.3f}; "
             f"train {m['train_seconds']:.1f} s vs {t['train_seconds']:.1f} s "
             f"(updates {m['update_seconds']:.1f} s vs {t['update_seconds']:.1f} s)",
             flush=True,
@@ -283,12 +297,12 @@ def main() -> int:
     for name in ("minicap", "torch"):
         cells = "".join(f"{summary[name][k][0]:>11.3f} ± {summary[name][k][1]:<6.3f}" for k in keys)
         print(f"{name:22}" + cells)
-    cider_m, cider_t = summary["minicap"]["CIDEr beam3"], summary["torch"]["CIDEr beam3"]
+    cider_m, cider_t = summary["minicap"][f"CIDEr beam{B}"], summary["torch"][f"CIDEr beam{B}"]
     within = abs(cider_m[0] - cider_t[0]) <= cider_t[1]
     time_ratio = summary["minicap"]["train_seconds"][0] / summary["torch"]["train_seconds"][0]
     update_ratio = summary["minicap"]["update_seconds"][0] / summary["torch"]["update_seconds"][0]
     print(
-        f"\nCIDEr (beam 3): minicap {cider_m[0]:.3f} ± {cider_m[1]:.3f}, torch {cider_t[0]:.3f} ± {cider_t[1]:.3f}: "
+        f"\nCIDEr (beam {B}): minicap {cider_m[0]:.3f} ± {cider_m[1]:.3f}, torch {cider_t[0]:.3f} ± {cider_t[1]:.3f}: "
         f"difference {cider_m[0] - cider_t[0]:+.3f}, {'within' if within else 'NOT within'} one fold-sd of torch's"
     )
     print(f"training wall time minicap / torch: {time_ratio:.2f} (update steps alone: {update_ratio:.2f})")
@@ -304,9 +318,9 @@ def main() -> int:
                 "minicap_blas_threads": ARGS.blas_threads,
                 "machine": platform.platform(),
                 "cpus": os.cpu_count(),
-                "settings": settings.to_dict(),
+                "config": config.to_dict(),
                 "summary": {n: {k: {"mean": v[0], "sd": v[1]} for k, v in s.items()} for n, s in summary.items()},
-                "cider_beam3_within_one_sd": within,
+                f"cider_beam{B}_within_one_sd": within,
                 "train_time_ratio_minicap_over_torch": time_ratio,
                 "update_time_ratio_minicap_over_torch": update_ratio,
                 "per_fold": rows,
