@@ -16,7 +16,8 @@ timeout, HTTP 429 or any 5xx, a body shorter than its `Content-Length` (truncate
 Pillow recognises but cannot decode to the end (a truncation the server did not announce). `Retry-After`
 (seconds or an HTTP date) is honoured on 429/5xx. Not retried, reported as failed: any other 4xx (404,
 403, ...), bytes that are not an image at all, and an image whose size differs from the JSON's
-width/height (the server has a different picture).
+width/height (the server has a different picture). The network rules and the back-off timing live in
+`minicap.vision.fetch`, shared with the other downloads (caption files, encoder weights).
 
 No partial file is ever left. Bytes go to `images/<file_name>.part`, are verified there, and only then
 renamed to `images/<file_name>`; a failed download removes its `.part`, and stale `.part` files from a
@@ -26,30 +27,35 @@ would remove each other's `.part` files.
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import hashlib
-import http.client
 import json
 import os
-import random
-import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from minicap.safe_io import atomic_write_json
-from minicap.version import __version__
+from minicap.vision.fetch import (
+    CHUNK_BYTES,
+    MAX_BACKOFF_S,
+    MAX_RETRY_AFTER_S,
+    NETWORK_ERRORS,
+    USER_AGENT,
+    RetryPolicy,
+    network_failure,
+    parse_retry_after,
+    retry_delay,
+    rewrite_url,
+)
 
 __all__ = [
+    "MAX_BACKOFF_S",
     "DownloadReport",
     "ImageOutcome",
     "ImageRecord",
@@ -62,10 +68,6 @@ __all__ = [
     "verify_image",
 ]
 
-USER_AGENT = f"minicap/{__version__} (COCO image downloader; Python urllib)"
-CHUNK_BYTES = 64 * 1024
-MAX_BACKOFF_S = 60.0  # one exponential back-off step never waits longer than this
-MAX_RETRY_AFTER_S = 300.0  # a server asking for a longer pause gets a failure that says so, not a silent stall
 IMAGES_SUBDIR = "images"
 CAPTIONS_NAME = "captions.json"
 PART_SUFFIX = ".part"
@@ -156,28 +158,6 @@ def select_images(records: list[ImageRecord], limit: int | None, seed: int | Non
     return sorted(order[:limit], key=lambda r: r.image_id)
 
 
-def rewrite_url(url: str, base_url: str | None) -> str:
-    """Point a coco_url at a mirror: its scheme and host[:port] become `base_url`'s, its path gets a prefix.
-
-    The coco_url's path (and query) is kept whole and appended to `base_url`'s path:
-
-        rewrite_url("http://images.cocodataset.org/val2017/000000000139.jpg", "http://127.0.0.1:8000/coco/")
-        == "http://127.0.0.1:8000/coco/val2017/000000000139.jpg"
-
-    A trailing slash on `base_url` makes no difference. With `base_url` None the URL is returned unchanged.
-    """
-    if base_url is None:
-        return url
-    base = urllib.parse.urlsplit(base_url)
-    if base.scheme not in ("http", "https") or not base.netloc:
-        raise ValueError(f"base URL must look like http://host[:port][/prefix], got {base_url!r}")
-    if base.query or base.fragment:
-        raise ValueError(f"base URL must not have a query or fragment, got {base_url!r}")
-    original = urllib.parse.urlsplit(url)
-    path = base.path.rstrip("/") + "/" + original.path.lstrip("/")
-    return urllib.parse.urlunsplit((base.scheme, base.netloc, path, original.query, ""))
-
-
 # ----------------------------------------------------------------------------------------------- verifying
 
 
@@ -226,40 +206,6 @@ def verify_image(path: str | os.PathLike, width: int, height: int) -> str | None
     return None if check.kind == "ok" else check.problem
 
 
-# ----------------------------------------------------------------------------------------------- retry timing
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delay-seconds ("120") or an HTTP date; else None."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def retry_delay(
-    attempt: int, backoff: float, retry_after: float | None = None, rng: random.Random | None = None
-) -> float:
-    """Seconds to sleep after failed attempt number `attempt` (0 for the first).
-
-    The server's `Retry-After` wins when given. Otherwise exponential back-off with "equal jitter": the
-    step d = min(MAX_BACKOFF_S, backoff * 2**attempt) and the sleep is uniform in [d/2, d], so eight
-    workers that failed together do not all come back in the same millisecond, yet each waits >= d/2.
-    """
-    if retry_after is not None:
-        return retry_after
-    step = min(MAX_BACKOFF_S, backoff * 2.0**attempt)
-    return step / 2 + (rng or random).uniform(0.0, step / 2)
-
-
 # ----------------------------------------------------------------------------------------------- fetching
 
 
@@ -287,10 +233,6 @@ class _Cancelled(Exception):
     """The run is being interrupted; stop this download and clean up."""
 
 
-# Transient network failures: worth another try. (HTTPError is a URLError too, so it is caught first.)
-_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, ssl.SSLError)
-
-
 def _fetch_once(url: str, part: Path, record: ImageRecord, timeout: float, cancel: threading.Event) -> _Attempt:
     """One HTTP GET of `url` into `part`, then verification. Leaves `part` on disk; the caller removes it."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -306,17 +248,9 @@ def _fetch_once(url: str, part: Path, record: ImageRecord, timeout: float, cance
                 nbytes += len(chunk)
             f.flush()
             os.fsync(f.fileno())
-    except urllib.error.HTTPError as e:
-        with contextlib.closing(e):
-            status = f"HTTP {e.code} {e.reason}"
-            if e.code == 429 or 500 <= e.code < 600:
-                return _Attempt(False, True, status, parse_retry_after(e.headers.get("Retry-After")))
-            return _Attempt(False, False, status + " (not retried)")
-    except http.client.InvalidURL as e:
-        return _Attempt(False, False, f"invalid URL ({e})")
-    except _TRANSIENT as e:
-        reason = getattr(e, "reason", None) or e  # URLError wraps the socket error in .reason
-        return _Attempt(False, True, f"{type(e).__name__}: {reason}")
+    except NETWORK_ERRORS as e:  # HTTP status, connection, timeout: fetch.network_failure says which are retried
+        failure = network_failure(e)
+        return _Attempt(False, failure.retryable, failure.reason, failure.retry_after)
     except OSError as e:  # not a network error: the disk (full, read-only, ...) — retrying will not help
         return _Attempt(False, False, f"could not write {part}: {e}")
 
@@ -329,15 +263,8 @@ def _fetch_once(url: str, part: Path, record: ImageRecord, timeout: float, cance
     return _Attempt(False, check.kind == "damaged", check.problem)
 
 
-@dataclass(frozen=True)
-class _Settings:
-    retries: int
-    timeout: float
-    backoff: float
-
-
 def _download_one(
-    record: ImageRecord, url: str, images_dir: Path, settings: _Settings, cancel: threading.Event
+    record: ImageRecord, url: str, images_dir: Path, settings: RetryPolicy, cancel: threading.Event
 ) -> ImageOutcome:
     """Skip a present, valid file; else fetch with up to 1 + `retries` attempts and rename into place."""
 
@@ -490,11 +417,9 @@ def download_coco(
     """
     from tqdm import tqdm
 
-    if workers < 1 or retries < 0 or timeout <= 0 or backoff < 0:
-        raise ValueError(
-            "need workers >= 1, retries >= 0, timeout > 0, backoff >= 0; "
-            f"got {workers}, {retries}, {timeout}, {backoff}"
-        )
+    if workers < 1:
+        raise ValueError(f"need workers >= 1, got {workers}")
+    settings = RetryPolicy(retries=retries, timeout=timeout, backoff=backoff)  # checks the other three
     captions_path, out_dir = Path(captions_path), Path(out_dir)
     out_captions = out_dir / CAPTIONS_NAME
     if out_captions.exists() and out_captions.resolve() == captions_path.resolve():
@@ -518,7 +443,6 @@ def download_coco(
     for p in stale:
         p.unlink(missing_ok=True)
 
-    settings = _Settings(retries=retries, timeout=timeout, backoff=backoff)
     cancel = threading.Event()
     futures: list[Future[ImageOutcome]] = []
     n_failed = 0
