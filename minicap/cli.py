@@ -64,19 +64,35 @@ def _add_data_download(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser(
         "download",
         help="download N COCO photos and write DIR/images/ + DIR/captions.json (resumable)",
-        description="Download COCO photos named in a captions JSON (2014 or 2017) into DIR/images/ and write "
-        "DIR/captions.json listing exactly the images present, so `minicap demo --coco DIR` can use it. "
-        "Retries connection errors, timeouts, 5xx and 429 with exponential back-off; 404/403, non-images and "
-        "wrong sizes fail at once. Re-running skips images already present and verified. "
-        "Exit code: 0 all present, 1 some images failed (captions.json lists the rest), 2 bad input.",
+        description="Download COCO photos into DIR/images/ and write DIR/captions.json listing exactly the images "
+        "present, so `minicap demo --coco DIR` can use it. --split takes the official captions of that split from "
+        "COCO's annotations archive (only the captions member, by HTTP range requests; cached in $MINICAP_CACHE, "
+        "default ~/.cache/minicap); --captions uses a captions JSON you have. Retries connection errors, timeouts, "
+        "5xx and 429 with exponential back-off; 404/403, non-images and wrong sizes fail at once. Re-running skips "
+        "images already present and verified. Exit code: 0 all present, 1 some images failed (captions.json lists "
+        "the rest), 2 bad input or the captions could not be fetched.",
     )
-    p.add_argument("--captions", required=True, help="COCO captions JSON, e.g. captions_val2017.json")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--split",
+        choices=["train2017", "val2017", "train2014", "val2014"],
+        help="official COCO split: its captions are fetched from cocodataset.org (and cached)",
+    )
+    source.add_argument("--captions", metavar="JSON", help="COCO captions JSON you have, e.g. captions_val2017.json")
     p.add_argument(
         "--limit",
         required=True,
         type=_limit_arg,
         metavar="N",
         help="how many images ('all' for every image in the JSON)",
+    )
+    p.add_argument(
+        "--offset",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="skip the first K images of the order (by id, or by --seed): '--limit N --offset K' never overlaps "
+        "'--limit K' with the same seed (default 0)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets images/ and captions.json)")
     p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
@@ -100,20 +116,28 @@ def _add_data_download(actions: argparse._SubParsersAction) -> None:
         "--base-url",
         default=None,
         metavar="URL",
-        help="mirror: replaces each coco_url's scheme://host[:port] and prefixes its path, e.g. "
-        "http://127.0.0.1:8000/coco/ turns http://images.cocodataset.org/val2017/x.jpg into "
-        "http://127.0.0.1:8000/coco/val2017/x.jpg",
+        help="mirror of images.cocodataset.org (default $MINICAP_DOWNLOAD_BASE_URL, else none): replaces each "
+        "URL's scheme://host[:port] and prefixes its path, e.g. http://127.0.0.1:8000/coco/ turns "
+        "http://images.cocodataset.org/val2017/x.jpg into http://127.0.0.1:8000/coco/val2017/x.jpg",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_data_download)
 
 
 def _run_data_download(args: argparse.Namespace) -> int:
+    from minicap.vision.annotations import fetch_coco_captions
     from minicap.vision.download import download_coco
+    from minicap.vision.fetch import RetryPolicy
 
     try:
+        captions = args.captions
+        if args.split is not None:
+            policy = RetryPolicy(retries=args.retries, timeout=args.timeout, backoff=args.backoff)
+            captions = fetch_coco_captions(
+                args.split, base_url=args.base_url, policy=policy, progress=not args.no_progress
+            )
         report = download_coco(
-            args.captions,
+            captions,
             args.out,
             args.limit,
             workers=args.workers,
@@ -123,8 +147,9 @@ def _run_data_download(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             seed=args.seed,
             backoff=args.backoff,
+            offset=args.offset,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a missing or malformed captions file, captions not fetched, bad options
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.summary())

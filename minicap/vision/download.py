@@ -9,7 +9,9 @@
 Which images. With no seed, the first N by image id: deterministic, and a larger N extends a smaller
 one. With a seed, the N images whose `sha256(f"{seed}:{id}")` is smallest: a fixed pseudo-random subset
 that is the same on every machine and Python version (unlike `random.sample`), that does not depend on the
-order of the JSON, and that also nests (N+1 images = the same N plus one).
+order of the JSON, and that also nests (N+1 images = the same N plus one). An offset K skips the first K
+images of that order: `limit=N, offset=K` continues where `limit=K` stopped, so one split gives disjoint
+sets (e.g. 2,000 validation and 2,000 test images from val2014: offset 0 and offset 2000, same seed).
 
 What is retried. A download is retried with exponential back-off and jitter after a connection error, a
 timeout, HTTP 429 or any 5xx, a body shorter than its `Content-Length` (truncated), or image data that
@@ -48,6 +50,7 @@ from minicap.vision.fetch import (
     NETWORK_ERRORS,
     USER_AGENT,
     RetryPolicy,
+    mirror_url,
     network_failure,
     parse_retry_after,
     retry_delay,
@@ -142,20 +145,26 @@ def load_captions(path: str | os.PathLike) -> tuple[dict[str, Any], list[ImageRe
     return coco, records
 
 
-def select_images(records: list[ImageRecord], limit: int | None, seed: int | None = None) -> list[ImageRecord]:
-    """Pick `limit` images (all when None), deterministically; returned sorted by image id.
+def select_images(
+    records: list[ImageRecord], limit: int | None, seed: int | None = None, offset: int = 0
+) -> list[ImageRecord]:
+    """Pick `limit` images (all when None) after the first `offset`, deterministically; returned sorted by id.
 
-    seed None: the first `limit` by image id. seed given: the `limit` images with the smallest
-    `sha256(f"{seed}:{id}")` — a pseudo-random subset, identical on every machine, independent of JSON order,
-    and nested (a larger limit keeps every image of a smaller one).
+    The order: seed None, by image id; seed given, by `sha256(f"{seed}:{id}")` — a pseudo-random order, identical
+    on every machine, independent of JSON order. The images are positions offset .. offset + limit - 1 of it, so
+    a larger limit keeps every image of a smaller one, and (limit=K, offset=0) and (limit=N, offset=K) never share
+    an image.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (or None for all images), got {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must be at least 0, got {offset}")
     if seed is None:
         order = sorted(records, key=lambda r: r.image_id)
     else:
         order = sorted(records, key=lambda r: (hashlib.sha256(f"{seed}:{r.image_id}".encode()).digest(), r.image_id))
-    return sorted(order[:limit], key=lambda r: r.image_id)
+    chosen = order[offset:] if limit is None else order[offset : offset + limit]
+    return sorted(chosen, key=lambda r: r.image_id)
 
 
 # ----------------------------------------------------------------------------------------------- verifying
@@ -395,20 +404,23 @@ def download_coco(
     progress: bool = True,
     seed: int | None = None,
     backoff: float = 1.0,
+    offset: int = 0,
 ) -> DownloadReport:
     """Download `limit` images of a COCO captions JSON into `out_dir/images/`; write `out_dir/captions.json`.
 
     Args:
         captions_path: a COCO captions JSON (2014 or 2017), e.g. captions_val2017.json.
         out_dir: DIR; gets images/<file_name> and captions.json (the layout `minicap demo --coco DIR` reads).
-        limit: how many images (None: all); chosen by `select_images(records, limit, seed)`.
+        limit: how many images (None: all); chosen by `select_images(records, limit, seed, offset)`.
         workers: parallel downloads (threads; the work is waiting on the network).
         retries: extra attempts after the first for a transient failure (so at most 1 + retries requests).
         timeout: seconds for connecting and for each socket read.
-        base_url: mirror to use instead of each coco_url's scheme+host; see `rewrite_url`.
+        base_url: mirror to use instead of each coco_url's scheme+host (see `rewrite_url`); None: the mirror in
+            $MINICAP_DOWNLOAD_BASE_URL if that is set, else each coco_url as it is.
         progress: show a tqdm progress bar on stderr.
         seed: None for the first `limit` images by id, else a seeded deterministic subset.
         backoff: first back-off step in seconds (doubled per attempt, capped at MAX_BACKOFF_S; tests pass ~0).
+        offset: skip the first `offset` images of the selection order (disjoint subsets of one split).
 
     Images already in DIR/images that verify are not fetched again. captions.json is written even when
     some images failed (and after Ctrl-C), and lists exactly the selected images present and verified.
@@ -427,10 +439,10 @@ def download_coco(
             f"{captions_path} is also the output file: it would be overwritten by the subset. "
             "Pass the original COCO captions file (e.g. captions_val2017.json) as the input."
         )
-    rewrite_url("http://images.cocodataset.org/x.jpg", base_url)  # validate base_url before any work
+    mirror_url("http://images.cocodataset.org/x.jpg", base_url)  # validate the mirror before any work
     coco, records = load_captions(captions_path)
-    selected = select_images(records, limit, seed)
-    urls = {r.image_id: rewrite_url(r.url, base_url) for r in selected}
+    selected = select_images(records, limit, seed, offset)
+    urls = {r.image_id: mirror_url(r.url, base_url) for r in selected}
     for r in selected:
         if urllib.parse.urlsplit(urls[r.image_id]).scheme not in ("http", "https"):
             raise ValueError(f"{captions_path}: image id {r.image_id} has a non-HTTP coco_url {urls[r.image_id]!r}")

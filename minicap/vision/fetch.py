@@ -3,8 +3,9 @@
     URL ──mirror_url (base_url or $MINICAP_DOWNLOAD_BASE_URL)──▶ GET, with `Range: bytes=<have>-` when resuming
         ──append──▶ DEST.part ──complete? size and sha256 checked──▶ os.replace ──▶ DEST
 
-Every minicap download goes through here: COCO photos (`download.py`) use its retry rules, pretrained encoder
-weights (`fetch_weights`) the whole of it. Files that are kept go to one cache folder,
+Every minicap download goes through here: COCO photos (`download.py`) use its retry rules, COCO's caption files
+(`annotations.py`) its range reads (`fetch_range`) and resumable downloads, pretrained encoder weights
+(`fetch_weights`) all of it. Files that are kept go to one cache folder,
 `cache_dir()`: $MINICAP_CACHE, else $XDG_CACHE_HOME/minicap, else ~/.cache/minicap.
 
 What is retried: a connection error, a timeout, HTTP 429 or any 5xx (honouring `Retry-After`, in seconds or as an
@@ -56,9 +57,11 @@ __all__ = [
     "DownloadError",
     "Failure",
     "RangeNotSupported",
+    "RangeReply",
     "RetryPolicy",
     "cache_dir",
     "download_file",
+    "fetch_range",
     "fetch_weights",
     "mirror_url",
     "network_failure",
@@ -368,17 +371,75 @@ def _fill(url: str, part: Path, byte_range: tuple[int, int] | None, policy: Retr
             failure = network_failure(e)
         if _size(part) > before:
             stalled = 0  # new bytes arrived: this attempt costs no retry
-        if failure is None:
-            continue
-        too_long = failure.retry_after is not None and failure.retry_after > MAX_RETRY_AFTER_S
-        if not failure.retryable or stalled >= policy.retries or too_long:
-            message = f"could not download {url}: {failure.reason} [{attempts} attempt{'s' if attempts > 1 else ''}]"
-            if too_long:
-                message += f"; the server asked to wait {failure.retry_after:.0f} s: try again later"
-            if _size(part):
-                message += f"; the {_size(part)} bytes received are kept in {part}: run again to resume"
-            raise DownloadError(message)
-        time.sleep(retry_delay(stalled, policy.backoff, failure.retry_after))
+        if failure is not None:
+            kept = f"the {_size(part)} bytes received are kept in {part}: run again to resume" if _size(part) else ""
+            _give_up_or_wait(url, failure, stalled, attempts, policy, kept)
+            stalled += 1
+
+
+def _give_up_or_wait(url: str, failure: Failure, stalled: int, attempts: int, policy: RetryPolicy, kept: str) -> None:
+    """After a failed attempt: raise `DownloadError` if it was the last one allowed, else sleep before the next.
+
+    `stalled` failed attempts in a row came before this one; `kept` says what was saved for a later run.
+    """
+    too_long = failure.retry_after is not None and failure.retry_after > MAX_RETRY_AFTER_S
+    if not failure.retryable or stalled >= policy.retries or too_long:
+        message = f"could not download {url}: {failure.reason} [{attempts} attempt{'s' if attempts > 1 else ''}]"
+        if too_long:
+            message += f"; the server asked to wait {failure.retry_after:.0f} s: try again later"
+        raise DownloadError(message + (f"; {kept}" if kept else ""))
+    time.sleep(retry_delay(stalled, policy.backoff, failure.retry_after))
+
+
+class RangeReply(NamedTuple):
+    """Bytes read by `fetch_range`, where they start in the file, and the file's length (None if not told)."""
+
+    data: bytes
+    start: int
+    total: int | None
+
+
+def fetch_range(url: str, start: int, stop: int | None = None, *, policy: RetryPolicy = DEFAULT_POLICY) -> RangeReply:
+    """Bytes [start, stop) of `url`, in memory, by one HTTP range request (retried as `policy` allows).
+
+    A negative `start` means the last -start bytes, as in Python's slicing (`Range: bytes=-N`; a file shorter
+    than N comes whole). For small reads, such as a zip archive's tail; large ones use `download_file`.
+    Raises `RangeNotSupported` when the server answers with the whole file (HTTP 200), `DownloadError` otherwise.
+    """
+    if start < 0:
+        if stop is not None:
+            raise ValueError("fetch_range: a negative start (the last bytes) takes no stop")
+        header = f"bytes=-{-start}"
+    elif stop is None:
+        header = f"bytes={start}-"
+    elif start < stop:
+        header = f"bytes={start}-{stop - 1}"
+    else:
+        raise ValueError(f"fetch_range: need start < stop, got {start}, {stop}")
+    stalled = attempts = 0
+    while True:
+        attempts += 1
+        try:
+            with _open(url, header, policy.timeout) as response:
+                if response.status != 206:  # close without reading: the body may be the whole 240 MB archive
+                    raise RangeNotSupported(
+                        f"{url}: the server ignores range requests (asked for {header}, it answered HTTP "
+                        f"{response.status} with the whole file)"
+                    )
+                got = response.headers.get("Content-Range")
+                content_range = parse_content_range(got)
+                if content_range is None or (start >= 0 and content_range.first != start):
+                    raise RangeNotSupported(f"{url}: asked for {header}, the server answered Content-Range {got!r}")
+                data = response.read()
+            expected = content_range.last - content_range.first + 1
+            if len(data) != expected:
+                raise _Incomplete(f"truncated: received {len(data)} of {expected} bytes")
+            return RangeReply(data, content_range.first, content_range.total)
+        except _Incomplete as e:
+            failure = Failure(str(e), True)
+        except NETWORK_ERRORS as e:
+            failure = network_failure(e)
+        _give_up_or_wait(url, failure, stalled, attempts, policy, kept="")
         stalled += 1
 
 
