@@ -8,7 +8,9 @@ misbehaves on request — so no test ever touches the internet.
         server.served("/models/w-1234abcd.pth")  # body bytes sent for that path, over all requests
 
 Actions: "ok"; an HTTP status such as "404" or "503"; "cut:N" (announce the whole answer, send N bytes of its body,
-hang up: a truncated transfer, or a download killed after N bytes); "drop" (hang up without answering).
+hang up: a truncated transfer, or a download killed after N bytes); "hold:N" (send N bytes, then wait until
+`server.release` is set, then hang up: a transfer in progress, for a test to kill its client); "drop" (hang up
+without answering).
 `server.ranges = False` makes it answer every `Range` request with the whole file and HTTP 200, as servers that do
 not support ranges do. Every request is logged in `server.requests` as (path, Range header, status, body bytes).
 """
@@ -38,6 +40,7 @@ class FakeServer:
         self.requests: list[Request] = []
         self._scripts: dict[str, list[str]] = {}
         self._lock = threading.Lock()
+        self.release = threading.Event()  # ends every "hold:N" answer (set when the server stops, at the latest)
         self.base_url = ""  # http://127.0.0.1:PORT, set by serve()
 
     def url(self, path: str) -> str:
@@ -109,9 +112,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status, part = 206, body[span[0] : span[1]]
             headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{len(body)}"
-        sent = part if action == "ok" else part[: int(action.removeprefix("cut:"))]
+        sent = part if action == "ok" else part[: int(action.split(":")[1])]
         self._answer(status, sent, headers, length=len(part))
         fake.log(Request(path, asked, status, len(sent)))
+        if action.startswith("hold:"):
+            self.wfile.flush()
+            fake.release.wait(timeout=30)
         if len(sent) < len(part):
             self.close_connection = True
 
@@ -144,6 +150,7 @@ def serve() -> Iterator[FakeServer]:
     try:
         yield fake
     finally:
+        fake.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -5,6 +5,9 @@ Inception v3 weights `minicap encoder build` fetches with it. Everything runs ag
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +116,34 @@ def test_a_killed_download_resumes_from_its_part_file(server, tmp_path):
     assert server.requests[-1].range == "bytes=120000-"
     assert server.served() - first_run == N - 120_000
     assert not (tmp_path / "weights" / f"{name}.part").exists()
+
+
+def test_a_download_killed_by_sigkill_resumes_from_what_reached_the_disk(server, tmp_path):
+    """A real kill: a child process downloads, the server holds the transfer after 200,000 bytes, the test kills the
+    child (SIGKILL: no clean-up runs). The next run asks for exactly the bytes after those in the .part."""
+    path, data = fake_weights()
+    server.files[path] = data
+    server.script(path, "hold:200000", "ok")
+    part = tmp_path / "weights" / (path.rsplit("/", 1)[1] + ".part")
+    code = (
+        "from minicap.vision.fetch import fetch_weights\n"
+        f"fetch_weights({server.url(path)!r}, cache={str(tmp_path)!r}, progress=False)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not (part.exists() and part.stat().st_size >= 100_000) and time.monotonic() < deadline:
+            assert child.poll() is None, "the download ended instead of waiting"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    server.release.set()
+    kept = part.stat().st_size
+    assert 100_000 <= kept <= 200_000  # what the child had written when it died
+
+    assert fetch_weights(server.url(path), cache=tmp_path, policy=ONCE).read_bytes() == data
+    assert (server.requests[-1].range, server.requests[-1].nbytes) == (f"bytes={kept}-", N - kept)
 
 
 def test_a_server_without_range_support_sends_everything_and_the_part_starts_over(server, tmp_path):
