@@ -91,8 +91,8 @@ def _add_data_download(actions: argparse._SubParsersAction) -> None:
         type=_non_negative_int,
         default=0,
         metavar="K",
-        help="skip the first K images of the order (by id, or by --seed): '--limit N --offset K' never overlaps "
-        "'--limit K' with the same seed (default 0)",
+        help="skip the first K images of the order (by id, or by --seed), e.g. --offset 2000 after a --limit 2000 "
+        "download gives the next 2000 of the same order, sharing no image (default 0)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets images/ and captions.json)")
     p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")

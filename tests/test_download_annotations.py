@@ -242,6 +242,19 @@ def test_a_killed_member_download_resumes_from_its_part_file(server, tmp_path):
     assert cache_listing(tmp_path) == ["captions_val2017.json", "captions_val2017.json.source.json"]
 
 
+def test_a_run_killed_while_inflating_reuses_the_complete_member_bytes(server, tmp_path):
+    archive, files = coco_2017_archive()
+    server.files[ARCHIVE_2017] = archive
+    info = zipfile.ZipFile(io.BytesIO(archive)).getinfo(VAL)
+    data_at = info.header_offset + 30 + len(VAL)
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "captions_val2017.json.zipdata").write_bytes(archive[data_at : data_at + info.compress_size])
+    got = fetch_coco_captions("val2017", cache=tmp_path, base_url=server.base_url, policy=FAST, log=lambda _: None)
+    assert got.read_bytes() == files[VAL]
+    assert len(server.requests) == 2  # tail and local header only
+    assert cache_listing(tmp_path) == ["captions_val2017.json", "captions_val2017.json.source.json"]
+
+
 def test_server_errors_and_truncations_on_range_requests_are_retried(server, tmp_path):
     archive, files = coco_2017_archive()
     server.files[ARCHIVE_2017] = archive

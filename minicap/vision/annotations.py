@@ -265,7 +265,8 @@ def fetch_zip_member(
     header = fetch_range(url, header_at, header_at + LOCAL.size + len(name), policy=policy).data
     start = _data_offset(header, entry, header_at, name)
     raw = dest.with_name(dest.name + ".zipdata")
-    download_file(url, raw, byte_range=(start, start + entry.compressed_size), policy=policy, progress=progress)
+    if not (raw.is_file() and raw.stat().st_size == entry.compressed_size):  # complete if a run died while inflating
+        download_file(url, raw, byte_range=(start, start + entry.compressed_size), policy=policy, progress=progress)
     try:
         _inflate_to(raw, entry, dest)
     finally:

@@ -16,7 +16,9 @@ exponentially, with jitter (`retry_delay`).
 Resuming. `download_file` never throws received bytes away: they stay in `DEST.part`, and the next attempt (or the
 next run, after a kill) asks only for the rest with an HTTP range request. An attempt that brought new bytes does
 not use up a retry. A server that ignores ranges answers 200 with the whole file: the `.part` is then started
-again. Only a complete file that passed its checks is renamed to DEST, so DEST is never partial.
+again. Only a complete file that passed its checks is renamed to DEST, so DEST is never partial. One download of
+a file at a time: two processes appending to the same `.part` would garble it (a SHA-256 or CRC-32 check would
+then refuse and remove it).
 
 Checking. torch hub's rule for weights files: a name like `inception_v3_google-0cc3c7bd.pth` carries the first hex
 digits of the file's SHA-256 (between a '-' and a '.'); a file whose hash does not begin with them is refused and
