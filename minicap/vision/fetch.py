@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import hashlib
 import http.client
 import os
 import random
@@ -45,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
+from minicap.safe_io import sha256_file
 from minicap.version import __version__
 
 __all__ = [
@@ -71,7 +71,6 @@ __all__ = [
     "parse_retry_after",
     "retry_delay",
     "rewrite_url",
-    "sha256_file",
     "sha256_prefix_from_name",
 ]
 
@@ -443,15 +442,6 @@ def fetch_range(url: str, start: int, stop: int | None = None, *, policy: RetryP
             failure = network_failure(e)
         _give_up_or_wait(url, failure, stalled, attempts, policy, kept="")
         stalled += 1
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _problem(path: Path, size: int | None, sha256_prefix: str | None) -> str | None:

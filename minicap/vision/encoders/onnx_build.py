@@ -28,7 +28,7 @@ from minicap.vision.encoders.efficientnet_lite import build_efficientnet_lite0
 from minicap.vision.encoders.inception_v3 import build_inception_v3
 from minicap.vision.encoders.pth import load_state_dict
 from minicap.vision.encoders.spec import EncoderSpec, get_spec
-from minicap.vision.fetch import DEFAULT_POLICY, DownloadError, RetryPolicy, cache_dir, fetch_weights, sha256_file
+from minicap.vision.fetch import DEFAULT_POLICY, DownloadError, RetryPolicy, cache_dir, fetch_weights
 
 __all__ = [
     "ARCH_BUILDERS",
@@ -40,7 +40,6 @@ __all__ = [
     "inception_v3_weights",
     "read_encoder_metadata",
     "save_encoder",
-    "sha256_file",
 ]
 
 ARCH_BUILDERS: dict[str, Callable[[Mapping[str, np.ndarray], bool], onnx.ModelProto]] = {
