@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh machine:
 #   make test   create .venv, install minicap with its test extras, run the tests
-#   make demo   create .venv, install minicap, caption COCO photos end to end ($MINICAP_COCO, default data/coco)
+#   make demo   create .venv, install minicap, caption COCO photos end to end: $MINICAP_COCO if set, else the
+#               600 real COCO photos committed in assets/coco (offline)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-MINICAP_COCO ?= data/coco
-export MINICAP_COCO
+# No default for MINICAP_COCO: unset (or empty), `minicap demo` reads the embedded sample assets/coco and says so.
+MINICAP_COCO ?=
 
 .PHONY: test demo lint bench figures format clean
 
@@ -25,7 +26,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed
-	$(BIN)/minicap demo --coco "$(MINICAP_COCO)"
+	$(BIN)/minicap demo $(if $(MINICAP_COCO),--coco "$(MINICAP_COCO)")
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check minicap lessons tests benchmarks

@@ -460,7 +460,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "--coco",
         metavar="DIR",
         default=None,
-        help="COCO folder: DIR/images/*.jpg + DIR/captions.json (default $MINICAP_COCO or data/coco)",
+        help="COCO folder: DIR/images/*.jpg + DIR/captions.json (default $MINICAP_COCO, else the embedded sample "
+        "assets/coco: 600 real COCO photos)",
     )
     p.add_argument("--out", metavar="DIR", default="runs/demo", help="work and output folder (default runs/demo)")
     p.add_argument("--photos", type=_non_negative_int, default=6, help="held-out photos in the figure (default 6)")
@@ -481,13 +482,20 @@ def _run_demo(args: argparse.Namespace) -> int:
     import os
 
     _one_blas_thread()
-    from minicap.coco import CocoDataMissing
+    from minicap.coco import CocoDataMissing, choose_coco_dir
     from minicap.metrics import EvaluationUnavailable
     from minicap.pipeline import DEMO_TIME_BUDGET, run_demo
     from minicap.safe_io import UnsafePickleError
     from minicap.train import TrainingDiverged
 
-    coco = args.coco or os.environ.get("MINICAP_COCO") or "data/coco"
+    coco, chosen_by = choose_coco_dir(args.coco)  # --coco, else $MINICAP_COCO, else the embedded sample
+    if chosen_by == "the embedded sample":
+        where = os.path.relpath(coco) if coco.is_relative_to(os.getcwd()) else str(coco)
+        print(
+            f"data: {where}, the embedded sample of real COCO photos (another folder: --coco DIR or MINICAP_COCO=DIR)"
+        )
+    else:
+        print(f"data: {coco} (from {chosen_by})")
     if args.old_seed is not None:
         print("note: `minicap demo --seed` is deprecated; it sets the split seed: say --split-seed", file=sys.stderr)
         args.split_seed = args.split_seed if args.split_seed is not None else args.old_seed

@@ -328,16 +328,41 @@ def encode_splits(
 
 # ============================================================================================ COCO folders
 
-DOWNLOAD_HINT = """\
+SAMPLE_COCO = Path(__file__).resolve().parent.parent / "assets" / "coco"
+"""The real COCO sample committed with minicap (600 photos, 3,001 captions; assets/coco/README.md): the folder
+`minicap demo` reads when neither --coco DIR nor $MINICAP_COCO names one. It is in every source checkout (and so in
+an editable install); a wheel does not carry it."""
+
+_SAMPLE_HERE = (
+    f"minicap demo --coco {SAMPLE_COCO}"
+    if SAMPLE_COCO.is_dir()
+    else f"(absent here, at {SAMPLE_COCO}: an installed wheel does not carry it; clone the repository)"
+)
+DOWNLOAD_HINT = f"""\
 Get some COCO data first, in this layout:
     DIR/images/*.jpg      the photos (COCO 2017 names, 000000000139.jpg, or COCO 2014 names)
     DIR/captions.json     COCO captions JSON for them
-Either download a few hundred photos (needs the internet):
+Use the sample a source checkout of minicap carries, assets/coco: 600 real COCO photos, what `minicap demo`
+reads when no folder is named:
+    {_SAMPLE_HERE}
+or download a few hundred photos (needs the internet):
     1. get captions_val2017.json: it is in annotations_trainval2017.zip from
        http://images.cocodataset.org/annotations/annotations_trainval2017.zip (https://cocodataset.org/#download)
     2. minicap data download --captions captions_val2017.json --limit 300 --out data/coco
 or point at a folder you already have:
     MINICAP_COCO=/path/to/coco make demo        (or: minicap demo --coco /path/to/coco)"""
+
+
+def choose_coco_dir(given: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The COCO folder a command should read, and where that choice came from: `given` (a --coco argument) if
+    set, else $MINICAP_COCO if set and not empty, else the embedded sample SAMPLE_COCO. Returns (folder, "--coco" |
+    "$MINICAP_COCO" | "the embedded sample"); the folder is not checked here (find_coco does that)."""
+    if given is not None and str(given) != "":
+        return Path(given), "--coco"
+    env = os.environ.get("MINICAP_COCO", "")
+    if env:
+        return Path(env), "$MINICAP_COCO"
+    return SAMPLE_COCO, "the embedded sample"
 
 
 class CocoDataMissing(FileNotFoundError):
