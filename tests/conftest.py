@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests that need the real COCO data find it at `<repo>/../shared/coco` and skip when absent."""
+"""Shared fixtures. Real COCO photos: the sample committed in `<repo>/assets/coco` (`sample_coco`, always there);
+tests that need the original photos or the reference outputs find them at `<repo>/../shared` and skip when absent."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ def _require(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (set MINICAP_SHARED to the folder holding coco/ and reference/)")
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_coco() -> Path:
+    """`assets/coco`: the 600 real COCO photos committed with the code (images/, captions.json; never skipped)."""
+    return REPO_ROOT / "assets" / "coco"
 
 
 @pytest.fixture(scope="session")
