@@ -345,10 +345,8 @@ Get some COCO data first, in this layout:
 Use the sample a source checkout of minicap carries, assets/coco: 600 real COCO photos, what `minicap demo`
 reads when no folder is named:
     {_SAMPLE_HERE}
-or download a few hundred photos (needs the internet):
-    1. get captions_val2017.json: it is in annotations_trainval2017.zip from
-       http://images.cocodataset.org/annotations/annotations_trainval2017.zip (https://cocodataset.org/#download)
-    2. minicap data download --captions captions_val2017.json --limit 300 --out data/coco
+or download a few hundred photos with their official captions (needs the internet):
+    minicap data download --split val2017 --limit 300 --out data/coco
 or point at a folder you already have:
     MINICAP_COCO=/path/to/coco make demo        (or: minicap demo --coco /path/to/coco)"""
 

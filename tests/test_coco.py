@@ -403,8 +403,8 @@ def test_find_coco_missing_data_says_how_to_get_some(tmp_path, layout):
     }[layout]
     assert message.startswith(f"no COCO data at {root}: {expected}")
     assert message.endswith(DOWNLOAD_HINT)
-    assert "minicap data download --captions captions_val2017.json --limit 300 --out data/coco" in message
-    assert "annotations_trainval2017.zip" in message and "MINICAP_COCO=/path/to/coco make demo" in message
+    assert "minicap data download --split val2017 --limit 300 --out data/coco" in message
+    assert "assets/coco" in message and "MINICAP_COCO=/path/to/coco make demo" in message
 
 
 def test_find_coco_and_coco_photo_path(tmp_path):

@@ -161,22 +161,23 @@ def test_missing_data_says_how_to_get_some(tmp_path, layout):
         find_coco(root)
     message = str(e.value)
     assert f"no COCO data at {root}" in message
-    assert "minicap data download --captions captions_val2017.json --limit 300 --out data/coco" in message
-    assert "annotations_trainval2017.zip" in message and "MINICAP_COCO=/path/to/coco make demo" in message
+    assert "minicap data download --split val2017 --limit 300 --out data/coco" in message
+    assert "assets/coco" in message and "MINICAP_COCO=/path/to/coco make demo" in message
 
 
-def test_cli_demo_without_data_exits_2_with_the_message(tmp_path, monkeypatch, capsys):
-    """What `make demo` runs (`minicap demo --coco "$MINICAP_COCO"`), and the default data/coco."""
+def test_cli_demo_with_a_missing_folder_exits_2_with_the_message(tmp_path, monkeypatch, capsys):
+    """A folder named by $MINICAP_COCO (what `make demo` passes) or --coco that is not there: exit 2, the reason and
+    how to get data, nothing built. (With no folder named at all the demo reads the embedded sample: test_sample.)"""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MINICAP_COCO", raising=False)
-    assert main(["demo"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: no COCO data at data/coco: the folder does not exist.")
-    assert "minicap data download" in err and "MINICAP_COCO=/path/to/coco make demo" in err
-    assert not (tmp_path / "runs").exists()  # nothing built before the data check
     monkeypatch.setenv("MINICAP_COCO", str(tmp_path / "elsewhere"))
     assert main(["demo"]) == 2
-    assert f"no COCO data at {tmp_path / 'elsewhere'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no COCO data at {tmp_path / 'elsewhere'}: the folder does not exist.")
+    assert "minicap data download" in err and "MINICAP_COCO=/path/to/coco make demo" in err
+    assert not (tmp_path / "runs").exists()  # nothing built before the data check
+    monkeypatch.delenv("MINICAP_COCO")
+    assert main(["demo", "--coco", str(tmp_path / "nowhere")]) == 2
+    assert f"no COCO data at {tmp_path / 'nowhere'}" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ evaluate --folds
