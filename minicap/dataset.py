@@ -30,6 +30,7 @@ __all__ = [
     "MissingFeaturesError",
     "FeatureLookup",
     "FeatureTable",
+    "non_finite_rows",
     "missing_feature_ids",
     "check_features_available",
     "feature_statistics",
@@ -151,8 +152,24 @@ class FeatureLookup(Protocol):
     def lookup(self, image_ids: Iterable[int] | np.ndarray) -> np.ndarray: ...
 
 
+def non_finite_rows(array: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Indices (k,) int64, in order, of the rows of `array` (N, ...) that hold a NaN or an infinity.
+
+    The one rule of every feature lookup (FeatureStore, FeatureTable): features are finite. Checked `chunk` rows at
+    a time, so that even large spatial maps need little extra memory.
+    """
+    array = np.asarray(array)
+    bad = [np.zeros(0, np.int64)]
+    for start in range(0, array.shape[0], chunk):
+        block = array[start : start + chunk]
+        finite = np.isfinite(block.reshape(block.shape[0], -1) if block.size else block[:, :0]).all(axis=1)
+        bad.append(np.flatnonzero(~finite) + start)
+    return np.concatenate(bad)
+
+
 class FeatureTable:
-    """An in-memory id -> feature lookup over an (n, F) array, with the same `lookup` contract as FeatureStore."""
+    """An in-memory id -> feature lookup over an (n, F) array, with the same `lookup` contract as FeatureStore
+    (and the same rule: the features must be finite)."""
 
     def __init__(self, image_ids: np.ndarray, features: np.ndarray) -> None:
         image_ids = np.asarray(image_ids, dtype=np.int64)
@@ -164,6 +181,10 @@ class FeatureTable:
         self._row = {int(i): r for r, i in enumerate(image_ids)}
         if len(self._row) != len(image_ids):
             raise ValueError("image ids in a FeatureTable must be unique")
+        bad = non_finite_rows(features)
+        if len(bad):
+            first = image_ids[bad[:5]].tolist()
+            raise ValueError(f"the features of {len(bad)} image(s) hold NaN or infinity (image ids {first})")
 
     def __len__(self) -> int:
         return len(self.image_ids)

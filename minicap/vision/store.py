@@ -10,29 +10,45 @@ A store is a pickled plain dict of NumPy arrays and builtins. Pickles can run co
 ever read with `minicap.safe_io.RestrictedUnpickler`, which resolves just the few NumPy globals an array needs; a
 file naming anything else (`os.system`, `builtins.eval`, ...) is refused before anything runs. Writes are atomic
 (a temporary file renamed into place), so a killed process never leaves a half-written store.
+
+Two more rules keep wrong numbers out of training: every feature must be finite (NaN or infinity is refused when a
+store is made, saved or loaded, naming the images), and every store carries a sha256 checksum of its contents that
+`load` verifies, so a byte changed on disk (a bad copy, a failing disk) is an error instead of a feature value that is
+silently a little different. Stores written before checksums existed still load, with a `FeatureStoreWarning`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import operator
 import os
 import pickle
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from minicap.dataset import MissingFeaturesError  # one error type for every feature lookup
+from minicap.dataset import MissingFeaturesError, non_finite_rows  # one error type and one rule for every lookup
 from minicap.safe_io import RestrictedUnpickler, UnsafePickleError, atomic_write
 from minicap.vision.encoders.spec import EncoderSpec
 
-__all__ = ["FORMAT", "FeatureStore", "FeatureStoreError", "MissingFeaturesError"]
+__all__ = [
+    "FORMAT",
+    "FeatureStore",
+    "FeatureStoreError",
+    "FeatureStoreWarning",
+    "MissingFeaturesError",
+    "UnsafeFeatureStoreError",
+]
 
-FORMAT = "minicap.features/1"  # written into every store; bump when the layout changes
+# Written into every store; bump when the layout changes. The checksum ("sha256") was added without a bump: it is an
+# extra key, which older readers ignore, and stores without it still load here.
+FORMAT = "minicap.features/1"
 
 # The only globals a store's pickle may name: what NumPy 2 needs to rebuild arrays, dtypes and scalars.
 # Protocol 5 (what we write) uses `_frombuffer`; protocols 2-4 use `_reconstruct` + `ndarray` (+ `scalar` for
@@ -56,6 +72,16 @@ _PICKLE_PROTOCOL = 5  # in-band buffers: loading rebuilds each array from its by
 
 class FeatureStoreError(ValueError):
     """A feature store file or object is malformed, or does not fit what it is used with."""
+
+
+class UnsafeFeatureStoreError(FeatureStoreError, UnsafePickleError):
+    """The file is not a feature store: its pickle names a global that could run code. Nothing in it was executed.
+
+    Both a FeatureStoreError (every command reports it as a bad input file) and an UnsafePickleError."""
+
+
+class FeatureStoreWarning(UserWarning):
+    """A store was loaded, but something about it deserves a word (e.g. it has no checksum to verify)."""
 
 
 # ------------------------------------------------------------------------------------------------- the store
@@ -229,8 +255,12 @@ class FeatureStore:
 
     # ---- files
 
+    def checksum(self) -> str:
+        """sha256 (hex) of the store's contents: every array's dtype, shape and bytes, and the manifest."""
+        return _checksum(self.ids, self.features, self.spatial, self.manifest)
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write the store to `path` atomically, as a pickled plain dict of arrays and builtins."""
+        """Write the store to `path` atomically, as a pickled plain dict of arrays and builtins with its checksum."""
         _check_builtins(self.manifest, "manifest")  # so that the restricted loader can read it back
         payload = {
             "format": FORMAT,
@@ -238,6 +268,7 @@ class FeatureStore:
             "features": np.ascontiguousarray(self.features),
             "spatial": None if self.spatial is None else np.ascontiguousarray(self.spatial),
             "manifest": self.manifest,
+            "sha256": self.checksum(),
         }
         with atomic_write(path, "wb") as f:
             _dump(payload, f)
@@ -246,17 +277,22 @@ class FeatureStore:
     def load(cls, path: str | os.PathLike) -> FeatureStore:
         """Read a store written by `save`, resolving only NumPy's array-rebuilding globals, and validate it.
 
-        Raises `FileNotFoundError`, `minicap.safe_io.UnsafePickleError` (the file names a global that could
-        run code; nothing was executed) or `FeatureStoreError` (not a feature store, or inconsistent data).
+        Raises `FileNotFoundError`, or `FeatureStoreError` naming the file: not a feature store (a directory, another
+        format, truncated), `UnsafeFeatureStoreError` (its pickle names a global that could run code; nothing was
+        executed), a checksum that does not match (the file changed after it was written), or contents a store may
+        not hold (NaN or infinite features, repeated ids, ...). A store written before checksums existed loads
+        with a `FeatureStoreWarning`.
         """
         path = Path(path)
+        if path.is_dir():
+            raise FeatureStoreError(f"{path} is a directory, not a feature store file (e.g. {path / 'features.pkl'})")
         if not path.is_file():
             raise FileNotFoundError(f"feature store {path} does not exist (create it with `minicap extract`)")
         with open(path, "rb") as f:
             try:
                 payload = RestrictedUnpickler(f, _ALLOWED_GLOBALS, what=f"feature store {path}").load()
-            except UnsafePickleError:
-                raise  # its message already names the file and the refused global
+            except UnsafePickleError as e:  # its message names the refused global and says nothing was executed
+                raise UnsafeFeatureStoreError(f"{path} is not a minicap feature store: {e}") from None
             except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
                 raise FeatureStoreError(
                     f"{path} is not a readable feature store (truncated or corrupt?): {type(e).__name__}: {e}"
@@ -271,14 +307,47 @@ class FeatureStore:
         if missing:
             raise FeatureStoreError(f"feature store {path} lacks the keys {missing}")
         try:
-            return cls(
+            store = cls(
                 ids=payload["ids"],
                 features=payload["features"],
                 manifest=payload["manifest"],
                 spatial=payload.get("spatial"),
             )
-        except FeatureStoreError as e:
-            raise FeatureStoreError(f"feature store {path}: {e}") from None
+        except FeatureStoreError as e:  # "FeatureStore: <what is wrong>" -> "feature store <path>: <what is wrong>"
+            raise FeatureStoreError(f"feature store {path}: {str(e).removeprefix('FeatureStore: ')}") from None
+        _verify_checksum(store, payload.get("sha256"), path)
+        return store
+
+
+def _checksum(ids: np.ndarray, features: np.ndarray, spatial: np.ndarray | None, manifest: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for a in (ids, features, spatial):
+        if a is None:
+            h.update(b"none")
+            continue
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).data)  # the bytes, without a copy
+    h.update(json.dumps(manifest, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def _verify_checksum(store: FeatureStore, written: Any, path: Path) -> None:
+    """The checksum saved with the store must be the checksum of what was read back."""
+    if written is None:
+        warnings.warn(
+            f"feature store {path} has no checksum (it was written before minicap stored one), so it was loaded "
+            "unverified; `minicap extract` with the same --out reuses every feature and adds one",
+            FeatureStoreWarning,
+            stacklevel=3,
+        )
+        return
+    found = store.checksum()
+    if found != written:
+        raise FeatureStoreError(
+            f"feature store {path} is damaged: its contents do not match the checksum written with them (sha256 "
+            f"{str(written)[:12]}... written, {found[:12]}... read), so the file changed after it was saved (a bad "
+            "copy, a failing disk). Extract it again: delete it and run `minicap extract`"
+        )
 
 
 def _dump(payload: dict[str, Any], f: IO[bytes]) -> None:
@@ -311,6 +380,16 @@ def _validate(ids: Any, features: Any, spatial: Any, manifest: Any, source: str)
     if unique.size != ids.size:
         repeated = unique[counts > 1][:5].tolist()
         raise FeatureStoreError(f"{source}: image ids must be unique; repeated: {repeated}")
+    # NaN or infinity in one image's features would surface much later as "training diverged at step 1" or as
+    # silently wrong captions and scores: refuse them here, naming the images.
+    for name, array in (("features", features), ("spatial maps", spatial)):
+        bad = [] if array is None else non_finite_rows(array)
+        if len(bad):
+            first = ", ".join(str(i) for i in ids[bad[:5]].tolist()) + (", ..." if len(bad) > 5 else "")
+            raise FeatureStoreError(
+                f"{source}: the {name} of {len(bad)} image(s) hold NaN or infinity (image ids {first}); features "
+                "must be finite numbers: extract those images again (and check the encoder file)"
+            )
 
 
 def _check_builtins(obj: Any, where: str) -> None:
