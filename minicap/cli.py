@@ -184,24 +184,28 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", required=True, metavar="JSON", help="COCO captions JSON (its images)")
     p.add_argument("--encoder", required=True, metavar="FILE.onnx", help="encoder built by minicap.vision.encoders")
     p.add_argument("--out", required=True, metavar="FILE.pkl", help="feature store to write (or resume)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call (default 32)")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads; 0 = no overlap (default 2)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per ONNX Runtime call (default 32)")
+    p.add_argument("--workers", type=_non_negative_int, default=2, help="decoding threads; 0 = no overlap (default 2)")
     p.add_argument("--spatial", action="store_true", help="also keep the (h, w, C) maps, float16")
-    p.add_argument("--save-every", type=int, default=1024, metavar="N", help="save progress every N images")
+    p.add_argument("--save-every", type=_positive_int, default=1024, metavar="N", help="save progress every N images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_extract)
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from minicap.coco import coco_image_paths, load_coco_captions
+    from minicap.coco import load_coco_captions, locate_photos
     from minicap.vision.extract import extract_features
     from minicap.vision.store import FeatureStoreError
 
     try:
         coco = load_coco_captions(args.captions)  # the one loader, with its one set of rules
-        paths = coco_image_paths(coco, args.images)
+        photos = locate_photos(coco, args.images)
+        paths = photos.everything()  # the missing ones too: extraction lists each as skipped, "file not found"
         n_listed = len(coco.images)
-        print(f"images: {n_listed} listed in {args.captions}, {len(paths)} found in {args.images}")
+        print(
+            f"images: {n_listed} listed in {args.captions}, {len(photos.found)} found in {args.images}"
+            + (f", {len(photos.missing)} missing (listed below)" if photos.missing else "")
+        )
         store = extract_features(
             paths,
             args.encoder,
@@ -217,6 +221,8 @@ def _run_extract(args: argparse.Namespace) -> int:
         return 2
     run, m = store.manifest["extraction"], store.manifest
     print(f"encoder: {m['architecture']} ({args.encoder}, sha256 {m['onnx_sha256'][:12]}...)")
+    if run.get("removed_temporaries"):
+        print(f"removed {run['removed_temporaries']} temporary file(s) that a killed run had left next to {args.out}")
     print(
         f"extracted {run['extracted']}, reused {run['reused']}, skipped {run['skipped']} "
         f"in {run['seconds']:.1f} s -> {args.out}: {len(store)} images x {store.feature_size} features"

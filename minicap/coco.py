@@ -1,7 +1,7 @@
 """COCO captions files, COCO folders, and splits BY IMAGE: the one data path every command and lesson uses.
 
     DIR/captions.json --load_coco_captions--> CocoCaptions (image records + (image_id, raw caption) pairs)
-    DIR/images/       --coco_image_paths---> {image_id: photo path}
+    DIR/images/       --locate_photos------> {image_id: photo path} found, and the photos listed but missing
     image ids         --split_images / fold_splits--> train / val / test ids (every caption of an image together)
     captions + split  --encode_splits------> vocabulary from the TRAINING captions, each part encoded
 
@@ -400,31 +400,57 @@ def photo_names(image_id: int, record: Mapping[str, Any]) -> list[str]:
     return [n for n in names if n] + [f"COCO_val2014_{image_id:012d}.jpg", f"COCO_train2014_{image_id:012d}.jpg"]
 
 
-def coco_image_paths(captions: str | os.PathLike | CocoCaptions, images_dir: str | os.PathLike) -> dict[int, Path]:
-    """{image_id: path} for the images of a COCO captions file that are present in `images_dir`.
+@dataclasses.dataclass
+class Photos:
+    """Where the photos of a captions file's images are.
+
+    found:   image id -> the photo's path in the folder
+    missing: image id -> where its photo was expected (its `file_name`), for the images listed but absent
+    """
+
+    found: dict[int, Path]
+    missing: dict[int, Path]
+
+    def everything(self) -> dict[int, Path]:
+        """found and missing together, by id: what extraction is given, so that every missing photo is named in
+        its output and manifest ("file not found") instead of being left out without a word."""
+        return dict(sorted({**self.found, **self.missing}.items()))
+
+
+def locate_photos(captions: str | os.PathLike | CocoCaptions, images_dir: str | os.PathLike) -> Photos:
+    """The photos of the images of a COCO captions file in `images_dir`: those found, and those missing.
 
     `captions` is the JSON file (read by `load_coco_captions`, the one loader with the one set of rules) or an
-    already-loaded CocoCaptions. Each image is looked for under `photo_names`. Images absent from the directory are
-    left out; if NONE is there, a `FileNotFoundError` says which names were expected.
+    already-loaded CocoCaptions. Each image is looked for under `photo_names`. If NONE is there, a
+    `FileNotFoundError` says which names were expected.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image directory {images_dir} does not exist")
     coco = captions if isinstance(captions, CocoCaptions) else load_coco_captions(captions)
     present = {p.name for p in images_dir.iterdir()}
-    paths: dict[int, Path] = {}
+    found: dict[int, Path] = {}
+    missing: dict[int, Path] = {}
     for image_id, record in coco.images.items():
-        for name in photo_names(image_id, record):
-            if name in present:
-                paths[image_id] = images_dir / name
-                break
-    if not paths:
+        names = photo_names(image_id, record)
+        name = next((n for n in names if n in present), None)
+        if name is None:
+            missing[image_id] = images_dir / names[0]
+        else:
+            found[image_id] = images_dir / name
+    if not found:
         example = next(iter(coco.images.values()), {}).get("file_name", "?")
         raise FileNotFoundError(
             f"{images_dir} holds none of the {len(coco.images)} images listed in {coco.source or 'the captions'} "
             f"(looked for names like {example!r} or 'COCO_val2014_<12-digit id>.jpg')"
         )
-    return paths
+    return Photos(found, missing)
+
+
+def coco_image_paths(captions: str | os.PathLike | CocoCaptions, images_dir: str | os.PathLike) -> dict[int, Path]:
+    """{image_id: path} for the images of a COCO captions file that are present in `images_dir` (`locate_photos`
+    tells the missing ones too). If NONE is there, a `FileNotFoundError` says which names were expected."""
+    return locate_photos(captions, images_dir).found
 
 
 def coco_photo_path(folder: CocoFolder, coco: CocoCaptions, image_id: int) -> Path:

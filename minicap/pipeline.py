@@ -44,10 +44,10 @@ from minicap.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from minicap.coco import (
     CocoCaptions,
     CocoFolder,
-    coco_image_paths,
     coco_photo_path,
     find_coco,
     load_coco_captions,
+    locate_photos,
     split_images,
 )
 from minicap.config import CaptionerConfig
@@ -126,12 +126,13 @@ def ensure_features(
     once, then reused.
 
     `extract_features` is resumable and keyed by the ONNX file's sha256: images already in the store are reused,
-    only new ones go through ONNX Runtime, and a store from another encoder is refused (never mixed).
+    only new ones go through ONNX Runtime, and a store from another encoder is refused (never mixed). Photos listed
+    in the captions but absent from the folder are listed as skipped ("file not found"), like unreadable ones.
     """
     from minicap.vision.extract import extract_features
 
     log = log or (lambda line: None)
-    paths = coco_image_paths(coco if coco is not None else folder.captions, folder.images)
+    paths = locate_photos(coco if coco is not None else folder.captions, folder.images).everything()
     if coco is not None:
         paths = {i: p for i, p in paths.items() if i in coco.images}
     store = extract_features(paths, encoder_path, features_path, progress=progress)

@@ -65,6 +65,12 @@ class WriteFailed(OSError):
     def from_error(cls, path: str | os.PathLike, error: OSError) -> WriteFailed:
         return cls(path, error.strerror or str(error), error.errno)
 
+    def still_good(self, files: str) -> WriteFailed:
+        """The same error, its message extended by what the caller knows is still usable ("Still good: ...")."""
+        extended = WriteFailed(self.path, self.strerror, self.errno)
+        extended.message = f"{self.message}. Still good: {files}"
+        return extended
+
     def __str__(self) -> str:  # OSError would print "[Errno 28] reason" without the file
         return self.message
 

@@ -501,8 +501,9 @@ def test_cli_extract(image_dir, tiny_encoder, tmp_path, capsys):
     d, paths, bad = image_dir
     records = [{"id": i, "file_name": p.name} for i, p in paths.items()]
     (tmp_path / "c.json").write_text(json.dumps({"images": records, "annotations": []}))
-    found = len(paths) - 1  # missing.jpg is not in the folder, so the JSON helper leaves it out
+    found = len(paths) - 1  # missing.jpg is not in the folder
     bad_found = len(bad) - 1  # truncated, text and empty files are found, then skipped
+    skipped = bad_found + 1  # ... and missing.jpg is named as skipped too ("file not found")
     out = tmp_path / "f.pkl"
 
     def extract(captions: Path, out: Path, encoder: Path = tiny_encoder, *more: str) -> int:
@@ -511,13 +512,14 @@ def test_cli_extract(image_dir, tiny_encoder, tmp_path, capsys):
 
     assert extract(tmp_path / "c.json", out, tiny_encoder, "--batch-size", "4", "--workers", "1") == 0
     text = capsys.readouterr().out
-    assert f"{len(paths)} listed in {tmp_path / 'c.json'}, {found} found in {d}" in text
-    assert f"extracted {found - bad_found}, reused 0, skipped {bad_found}" in text
+    assert f"{len(paths)} listed in {tmp_path / 'c.json'}, {found} found in {d}, 1 missing (listed below)" in text
+    assert f"extracted {found - bad_found}, reused 0, skipped {skipped}" in text
     assert "truncated.jpg: OSError: image file is truncated" in text and "empty file (0 bytes)" in text
+    assert "missing.jpg: file not found" in text
     assert len(FeatureStore.load(out)) == found - bad_found
 
     assert extract(tmp_path / "c.json", out) == 0  # a re-run reuses everything
-    assert f"extracted 0, reused {found - bad_found}, skipped {bad_found}" in capsys.readouterr().out
+    assert f"extracted 0, reused {found - bad_found}, skipped {skipped}" in capsys.readouterr().out
 
     bad_records = [r for r in records if r["id"] in bad]
     (tmp_path / "bad.json").write_text(json.dumps({"images": bad_records, "annotations": []}))

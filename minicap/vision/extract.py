@@ -9,7 +9,13 @@ Runtime works on the previous batch, so the two overlap instead of adding up.
 
 Extraction is resumable: new features are saved every `save_every` images into `<out>.parts/` (each chunk
 written atomically), and a re-run with the same ONNX file computes only the ids that are still missing. The
-final store replaces `<out>` atomically, so a killed run never leaves a half-written file.
+final store replaces `<out>` atomically, so a killed run never leaves a half-written file (and the next run deletes
+the temporary file a killed one left behind).
+
+Before any image is decoded, `<out>` is checked to be writable (a read-only folder or a directory named as the
+output fails in a second, not after hours of work). A photo that cannot be used is skipped and listed with its reason
+in the manifest: absent, not a regular file (a FIFO would block forever), not an image, truncated, or features that
+are not finite numbers.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from minicap.safe_io import sha256_file
+from minicap.dataset import non_finite_rows
+from minicap.safe_io import WriteFailed, check_writable, remove_stale_temporaries, sha256_file
 from minicap.version import __version__
-from minicap.vision.encoders.spec import EncoderSpec, load_rgb, preprocess
+from minicap.vision.encoders.spec import EncoderSpec, NotARegularFile, load_rgb, preprocess
 from minicap.vision.store import FeatureStore, FeatureStoreError
 
 __all__ = ["OnnxEncoder", "DecodedBatch", "load_image_tensor", "decode_batches", "extract_features"]
@@ -145,6 +152,8 @@ def _reason(path: Path, e: BaseException) -> str:
         return "file not found"
     if isinstance(e, IsADirectoryError) or path.is_dir():
         return "is a directory"
+    if isinstance(e, NotARegularFile):
+        return str(e)
     with contextlib.suppress(OSError):
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
@@ -299,9 +308,12 @@ def extract_features(
     workers/pool  decoding threads (default) or processes, overlapping ONNX Runtime's work on the last batch
 
     Resumable: ids already in `out_path` or in its `.parts/` chunks (from the same ONNX file, by sha256) are
-    reused, not recomputed. Images that cannot be read (missing, empty, truncated, not an image) are skipped
-    and listed in `manifest["skipped"]` as {"id", "path", "reason"}; they are retried on the next run.
-    Returns the saved store (all ids it holds, sorted); `manifest["extraction"]` counts this run's work.
+    reused, not recomputed. Images that cannot be used (missing, not a regular file, empty, truncated, not an
+    image, non-finite features) are skipped and listed in `manifest["skipped"]` as {"id", "path", "reason"}; they
+    are retried on the next run. Returns the saved store (all ids it holds, sorted); `manifest["extraction"]` counts
+    this run's work (and the temporary files of killed runs it removed).
+    Raises `minicap.safe_io.WriteFailed` before any work if `out_path` cannot be written (and, if the disk fills up
+    during the run, one that says which features are safe in `<out_path>.parts/`).
     """
     if batch_size < 1 or save_every < 1:
         raise ValueError(f"batch_size and save_every must be >= 1, got {batch_size} and {save_every}")
@@ -310,6 +322,8 @@ def extract_features(
     start = time.perf_counter()
     out_path = Path(out_path)
     items = _normalise_items(images)
+    check_writable(out_path)  # a read-only folder or a directory named as output: fail now, not after the work
+    removed_temporaries = remove_stale_temporaries(out_path)
     encoder = OnnxEncoder(encoder_path, intra_op_threads=intra_op_threads)
     if spatial and not encoder.has_spatial:
         raise FeatureStoreError(f"{encoder.path} has no 'spatial' output; build the encoder with spatial maps")
@@ -317,6 +331,7 @@ def extract_features(
     previous, next_part = _load_previous(out_path, encoder, spatial)
     have = set() if previous is None else set(previous.ids.tolist())
     todo = [(i, p) for i, p in items if i not in have]
+    where = dict(todo)
     parts_dir = _parts_dir(out_path)
 
     chunks: list[FeatureStore] = []  # saved chunks of this run (kept in memory for the final store)
@@ -324,6 +339,13 @@ def extract_features(
     pending_features: list[np.ndarray] = []
     pending_spatial: list[np.ndarray] = []
     failures: list[dict[str, Any]] = []
+
+    def safe_so_far() -> str:
+        done = sum(len(c) for c in chunks) + (0 if previous is None else len(previous))
+        return (
+            f"the features of {done} images saved so far ({out_path} and {parts_dir}/); run the same command again "
+            "once there is space: it reuses them"
+        )
 
     def flush() -> None:
         nonlocal next_part
@@ -335,7 +357,10 @@ def extract_features(
             manifest={**base_manifest, "skipped": []},
             spatial=np.concatenate(pending_spatial) if spatial else None,
         )
-        part.save(parts_dir / f"part-{next_part:05d}.pkl")
+        try:
+            part.save(parts_dir / f"part-{next_part:05d}.pkl")
+        except WriteFailed as e:
+            raise e.still_good(safe_so_far()) from e
         next_part += 1
         chunks.append(part)
         pending_ids.clear()
@@ -347,10 +372,19 @@ def extract_features(
             failures.extend(batch.failures)
             if len(batch.ids):
                 feats, maps = encoder.run(batch.images, spatial=spatial)
-                pending_ids.append(batch.ids)
-                pending_features.append(feats)
+                # Features must be finite (a FeatureStore refuses NaN/inf): skip such an image, with the reason.
+                finite = np.ones(len(batch.ids), bool)
+                finite[non_finite_rows(feats)] = False
                 if spatial:
-                    pending_spatial.append(maps.astype(spatial_dtype))  # type: ignore[union-attr]
+                    maps = maps.astype(spatial_dtype)  # type: ignore[union-attr]
+                    finite[non_finite_rows(maps)] = False
+                for image_id in batch.ids[~finite].tolist():
+                    reason = "the encoder gave NaN or infinite features (is the encoder file damaged?)"
+                    failures.append({"id": image_id, "path": str(where[image_id]), "reason": reason})
+                pending_ids.append(batch.ids[finite])
+                pending_features.append(feats[finite])
+                if spatial:
+                    pending_spatial.append(maps[finite])
             bar.update(len(batch.ids) + len(batch.failures))
             if sum(len(i) for i in pending_ids) >= save_every:
                 flush()
@@ -382,10 +416,14 @@ def extract_features(
             "extracted": extracted,
             "skipped": len(failures),
             "seconds": round(time.perf_counter() - start, 3),
+            "removed_temporaries": len(removed_temporaries),
         },
     }
     store = dataclasses.replace(store.sorted_by_id(), manifest=manifest)
-    store.save(out_path)
+    try:
+        store.save(out_path)
+    except WriteFailed as e:
+        raise e.still_good(safe_so_far()) from e
     if parts_dir.is_dir():
         shutil.rmtree(parts_dir)  # its chunks are all in out_path now
     return store
