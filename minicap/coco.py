@@ -308,9 +308,9 @@ def encode_splits(
     max_length: int,
     vocab: Vocabulary | None = None,
 ) -> EncodedSplits:
-    """Vocabulary from the captions of `split["train"]` (words seen at least `min_count` times) — or the `vocab`
-    given (a resumed run keeps its own) — then every part of `split` encoded with it (at most `max_length` words per
-    caption). The parts must not share an image."""
+    """Vocabulary from the captions of `split["train"]` as they are trained on (their first `max_length` words;
+    words seen at least `min_count` times there) — or the `vocab` given (a resumed run keeps its own) — then every
+    part of `split` encoded with it (at most `max_length` words per caption). The parts must not share an image."""
     sets = {name: {int(i) for i in ids} for name, ids in split.items()}
     names = list(sets)
     for a_index, a in enumerate(names):
@@ -321,7 +321,7 @@ def encode_splits(
     if not pairs.get("train"):
         raise ValueError("no training captions: the training split is empty")
     if vocab is None:
-        vocab = Vocabulary.from_captions((t for _, t in pairs["train"]), min_count=min_count)
+        vocab = Vocabulary.from_captions((t for _, t in pairs["train"]), min_count=min_count, max_length=max_length)
     parts = {name: encode_captions(p, vocab, max_length) if p else None for name, p in pairs.items()}
     return EncodedSplits(vocab, parts)
 

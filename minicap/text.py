@@ -154,9 +154,24 @@ class Vocabulary:
         return cls(words, counts, min_count=min_count)
 
     @classmethod
-    def from_captions(cls, texts: Iterable[str], min_count: int = 1, max_words: int | None = None) -> Vocabulary:
-        """`build` on raw caption texts (tokenized here)."""
-        return cls.build((tokenize(t) for t in texts), min_count=min_count, max_words=max_words)
+    def from_captions(
+        cls,
+        texts: Iterable[str],
+        min_count: int = 1,
+        max_words: int | None = None,
+        max_length: int | None = None,
+    ) -> Vocabulary:
+        """`build` on raw caption texts (tokenized here).
+
+        max_length: count only the first `max_length` words of each caption, the words `encode_captions` keeps. The
+        vocabulary then holds exactly the words the model is trained to predict, with their true target counts: the
+        tail of an overlong caption (one of two million words was met) would otherwise add words the model never
+        sees as targets, every one a row of the output layer that training only pushes down.
+        """
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        tokens = (tokenize(t)[:max_length] for t in texts)
+        return cls.build(tokens, min_count=min_count, max_words=max_words)
 
     def __len__(self) -> int:
         return len(self.idx_to_word)

@@ -319,7 +319,8 @@ def test_split_and_encode_the_shared_coco_sample(shared_coco):
     assert enc.vocab.num_captions == 5 * 217 == len(enc["train"].captions)
     assert len(enc["val"].captions) == 5 * 24 and len(enc["test"].captions) == 5 * 30
     train_texts = [t for i, t in coco.captions if i in set(split["train"].tolist())]
-    assert enc.vocab == Vocabulary.from_captions(train_texts, min_count=3)
+    assert enc.vocab == Vocabulary.from_captions(train_texts, min_count=3, max_length=16)  # the words trained on
+    assert len(enc.vocab) < len(Vocabulary.from_captions(train_texts, min_count=3))  # not the tails of long ones
 
 
 # ----------------------------------------------------------------------------------------------- COCO folders
