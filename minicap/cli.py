@@ -95,12 +95,14 @@ def _add_data_download(actions: argparse._SubParsersAction) -> None:
         "download gives the next 2000 of the same order, sharing no image (default 0)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets images/ and captions.json)")
-    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
-    p.add_argument("--retries", type=int, default=4, help="retries after the first attempt (default 4)")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="socket timeout, seconds (default 30)")
+    p.add_argument("--workers", type=_positive_int, default=8, help="parallel downloads (default 8)")
+    p.add_argument("--retries", type=_non_negative_int, default=4, help="retries after the first attempt (default 4)")
+    p.add_argument(
+        "--timeout", type=_positive_float, default=30.0, metavar="S", help="socket timeout, seconds (default 30)"
+    )
     p.add_argument(
         "--backoff",
-        type=float,
+        type=_non_negative_float,
         default=1.0,
         metavar="S",
         help="first retry delay, doubled each time (default 1)",
@@ -110,7 +112,10 @@ def _add_data_download(actions: argparse._SubParsersAction) -> None:
         "--first", action="store_true", help="take the first N images by id (the default; deterministic)"
     )
     which.add_argument(
-        "--seed", type=int, default=None, help="take a fixed pseudo-random N instead (same on every machine)"
+        "--seed",
+        type=_non_negative_int,
+        default=None,
+        help="take a fixed pseudo-random N instead (same on every machine)",
     )
     p.add_argument(
         "--base-url",
@@ -542,7 +547,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "test images its checkpoint records. Exit code: 0 done, 1 training diverged, 2 bad input.",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--folds", type=_positive_int, metavar="K", help="K-fold cross-validation (K >= 2)")
+    what.add_argument("--folds", type=_number(int, 2), metavar="K", help="K-fold cross-validation (K >= 2)")
     what.add_argument("--checkpoint", metavar="CKPT", help="score this checkpoint on its held-out images")
     p.add_argument("--coco", metavar="DIR", help="COCO folder (DIR/images + DIR/captions.json)")
     p.add_argument("--work", metavar="DIR", default="runs/demo", help="where --coco's encoder/features are cached")
@@ -577,9 +582,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print("note: `minicap evaluate --seed` is deprecated; it sets the seed of the folds: say --fold-seed",
               file=sys.stderr)  # fmt: skip
     fold_seed = args.fold_seed if args.fold_seed is not None else (args.old_seed or 0)
-    if args.folds is not None and args.folds < 2:
-        print(f"error: --folds must be at least 2, got {args.folds}", file=sys.stderr)
-        return 2
     scorer = None
     try:
         config, _ = _config_from_flags(args)
@@ -644,7 +646,7 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="captioner, e.g. runs/demo/model/best.npz")
-    p.add_argument("--beam", type=int, default=1, metavar="K", help="beam width; 1 = greedy (default 1)")
+    p.add_argument("--beam", type=_positive_int, default=1, metavar="K", help="beam width; 1 = greedy (default 1)")
     p.add_argument("--encoder", metavar="FILE.onnx", help="the encoder file (default: the one the checkpoint names)")
     p.set_defaults(func=_run_caption)
 
@@ -654,9 +656,6 @@ def _run_caption(args: argparse.Namespace) -> int:
     from minicap.pipeline import caption_files
     from minicap.vision.store import FeatureStoreError
 
-    if args.beam < 1:
-        print(f"error: --beam must be >= 1, got {args.beam}", file=sys.stderr)
-        return 2
     try:
         run = caption_files(args.images, args.checkpoint, beam_size=args.beam, encoder=args.encoder)
     except (OSError, ValueError, FeatureStoreError) as e:  # missing/corrupt checkpoint, missing/wrong encoder
