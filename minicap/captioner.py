@@ -154,6 +154,7 @@ def train_captioner(
     out_dir: str | Path | None = None,
     resume: str | Path | None = None,
     max_seconds: float | None = None,
+    allow_other_features: bool = False,
     encoder: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     progress: bool = False,
@@ -163,8 +164,9 @@ def train_captioner(
 
     The model is `new_captioner(config, ...)`, trained by the one `Trainer` with `config.train_config()`. With
     `out_dir`, checkpoints/history/curves are written there (`best.npz` is the returned model). `resume`: continue
-    the run saved in that checkpoint, with its own vocabulary, model and settings. `max_seconds`: a time budget
-    for this call (the run stops resumably when it runs out).
+    the run saved in that checkpoint, with its own vocabulary, model and settings; features that differ from those
+    the run was trained on are refused unless `allow_other_features` (`Trainer.from_checkpoint`). `max_seconds`: a
+    time budget for this call (the run stops resumably when it runs out).
     """
     t0 = time.perf_counter()
     common: dict[str, Any] = {"encoder": encoder, "progress": progress, "log": log, "plot": out_dir is not None}
@@ -177,7 +179,13 @@ def train_captioner(
         data = captioner_data(coco, features, train_ids, val_ids, config, vocab=ckpt.vocab)
         out = out_dir if out_dir is not None else Path(resume).parent
         trainer = Trainer.from_checkpoint(
-            ckpt, data.train, val_data=data.val, val_metric=data.val_metric, out_dir=out, **common
+            ckpt,
+            data.train,
+            val_data=data.val,
+            val_metric=data.val_metric,
+            out_dir=out,
+            allow_other_features=allow_other_features,
+            **common,
         )
     else:
         data = captioner_data(coco, features, train_ids, val_ids, config)

@@ -48,7 +48,7 @@ from minicap.safe_io import atomic_write
 from minicap.text import Vocabulary
 from minicap.version import __version__
 
-__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_header"]
 
 FORMAT = "minicap.checkpoint"
 VERSION = 2  # 2: any model of the contract (model_class, constant/<name>); version 1 files (captioners) still load
@@ -237,6 +237,20 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             f"{path} is truncated or corrupt and cannot be read as a checkpoint ({type(e).__name__}: {e}); "
             "use an earlier checkpoint (e.g. best.npz / last.npz of the same run)"
         ) from None
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the JSON header of the checkpoint at `path` (epoch, step, metrics, train_state, ...): the model is not
+    rebuilt, so this is cheap enough to report on the files of a run. CheckpointError if it cannot be read."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(str(npz["header"]))
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot read a checkpoint header ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is an .npz file but not a minicap checkpoint (header format is not {FORMAT!r})")
+    return header
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

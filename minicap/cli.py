@@ -404,6 +404,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", required=True, metavar="JSON", help="COCO captions JSON of those images")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/train; with --resume: its folder)")
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (e.g. DIR/last.npz)")
+    p.add_argument(
+        "--allow-other-features",
+        action="store_true",
+        help="with --resume: continue even though the features of the run's images differ from those it was trained "
+        "on (e.g. re-extracted); the continued run is then no longer exact",
+    )
     p.add_argument("--max-seconds", type=_positive_float, metavar="S", help="time budget; stops resumably")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(p)
@@ -424,6 +430,7 @@ def _run_train(args: argparse.Namespace) -> int:
             config=config,
             given=given,
             resume=args.resume,
+            allow_other_features=args.allow_other_features,
             max_seconds=args.max_seconds,
             progress=not args.no_progress,
         )
@@ -693,8 +700,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_minicap_warnings_plainly() -> None:
+    """minicap's own warnings (a feature store without a checksum, a model that training made worse, ...) are
+    messages for the user: print them to stderr as "warning: <text>", without Python's file and line. Other
+    libraries' warnings keep Python's format."""
+    import warnings
+
+    python_format = warnings.showwarning
+    if getattr(python_format, "minicap", False):
+        return  # already installed (main called again in the same process)
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202 (warnings' signature)
+        if category.__module__.split(".")[0] == "minicap":
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            python_format(message, category, filename, lineno, file, line)
+
+    show.minicap = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_minicap_warnings_plainly()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

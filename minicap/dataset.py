@@ -95,6 +95,11 @@ class Dataset:
         None when the data cannot be summed up (e.g. drawn fresh every epoch)."""
         return None
 
+    def features_fingerprint(self) -> str | None:
+        """A short hash of the inputs the examples are looked up in, when `fingerprint` does not cover them (the
+        image features of a CaptionDataset): a resumed run then says which of the two changed. None: none such."""
+        return None
+
 
 def _hash_arrays(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
@@ -306,8 +311,20 @@ class CaptionDataset(Dataset):
         return CaptionBatch(self.features.lookup(self.image_ids[indices]), captions[:, :width])
 
     def fingerprint(self) -> str:
+        """The captions and which image each belongs to (the features have their own `features_fingerprint`)."""
         h = hashlib.sha256()
         h.update(str(self.captions.shape).encode())
         h.update(np.ascontiguousarray(self.captions, dtype=np.int32).tobytes())
         h.update(np.ascontiguousarray(self.image_ids, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def features_fingerprint(self, chunk: int = 4096) -> str:
+        """The features of this dataset's images, in id order: another feature store with other values for these
+        images (re-extracted, another encoder's, a damaged copy) gives another string; extra images do not count."""
+        h = hashlib.sha256()
+        unique = np.unique(self.image_ids)
+        for start in range(0, unique.size, chunk):
+            features = np.asarray(self.features.lookup(unique[start : start + chunk]))
+            h.update(f"{features.dtype.str}{features.shape}".encode())
+            h.update(np.ascontiguousarray(features).tobytes())
         return h.hexdigest()[:16]

@@ -384,6 +384,7 @@ def train_from_files(
     config: CaptionerConfig = CaptionerConfig(),
     given: Sequence[str] = (),
     resume: str | os.PathLike | None = None,
+    allow_other_features: bool = False,
     max_seconds: float | None = None,
     progress: bool = True,
     log: Log | None = print,
@@ -398,7 +399,8 @@ def train_from_files(
 
     given: the names of the fields of `config` the user set explicitly. With `resume`, the run continues with the
     checkpoint's own configuration; a field given explicitly with another value is an error (a resumed run
-    continues the same run).
+    continues the same run), and so are features that differ from those the run was trained on, unless
+    `allow_other_features`.
     """
     log = log or (lambda line: None)
     store = FeatureStore.load(features)
@@ -446,6 +448,7 @@ def train_from_files(
         out_dir=out,
         resume=resume,
         max_seconds=max_seconds,
+        allow_other_features=allow_other_features,
         encoder=store.encoder_info(features),
         extra={"data": split_record(captions, features, split)},
         progress=progress,

@@ -32,8 +32,14 @@ Files written into `out_dir` (each atomically: a killed run never leaves a half-
 
     last.npz              the latest state (after every epoch, and when a time budget stops the run)
     best.npz              the state after the best epoch so far (lowest validation loss, or highest metric)
-    history.json          per step: loss, grad_norm, lr; per epoch: train/val loss, metric, seconds, examples/s
+    history.json          per step: loss, grad_norm, lr; per epoch: train/val loss, metric, seconds, examples/s;
+                          "warnings" when training left the model worse than it started
     training_curves.png   loss and gradient norm (drawn when `fit` returns, or when training diverges)
+
+After an epoch the files are written in that order: last.npz, best.npz, history.json. A run killed between the first
+two leaves a last.npz that holds the new best epoch beside an older best.npz; resuming repairs best.npz from it, so
+that after any kill and resume best.npz holds exactly the epoch the run (and history.json) calls best. A write that
+fails (disk full) stops the run with a message naming the file and the checkpoints that are still good.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,11 +55,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from minicap.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from minicap.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_header, save_checkpoint
 from minicap.dataset import Dataset
 from minicap.models.base import SequenceModel
 from minicap.optim import OPTIMIZERS, Adam, Constant, CosineWithWarmup, Optimizer, Schedule, clip_grad_norm, global_norm
-from minicap.safe_io import atomic_write_json
+from minicap.safe_io import WriteFailed, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from minicap.text import Vocabulary
 
 __all__ = [
@@ -61,6 +68,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
+    "TrainingWarning",
     "LossFn",
     "make_schedule",
     "validation_loss",
@@ -77,6 +85,19 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, step: int, epoch: int, last_good_loss: float | None) -> None:
         super().__init__(message)
         self.step, self.epoch, self.last_good_loss = step, epoch, last_good_loss
+
+
+class TrainingWarning(UserWarning):
+    """Training finished, but its result deserves a word: e.g. the model ended worse than it started."""
+
+
+# What the entries of TrainState.data fingerprint, for messages.
+_DATA_NAMES = {
+    "train": "training captions",
+    "val": "validation captions",
+    "train_features": "features of the training images",
+    "val_features": "features of the validation images",
+}
 
 
 # ================================================================================================ settings
@@ -173,7 +194,9 @@ class TrainState:
     last_good_loss      the last finite training loss (reported if training diverges)
     stopped             None while running; "completed", "early stopping", a `stop_when` reason, or "diverged"
     criterion           "val_metric", "val_loss" or "train_loss" (without validation data)
-    data                fingerprints of the training and validation data (resuming on other data is refused)
+    data                fingerprints of the training and validation data: "train" and "val" (e.g. the captions),
+                        "train_features" and "val_features" (what they are looked up in, when fingerprinted apart);
+                        resuming on other data is refused, naming what differs
     """
 
     step: int = 0
@@ -213,7 +236,8 @@ class TrainResult:
     stopped     "completed", "early stopping", "time budget", "paused" (`until_epoch` reached), "diverged"
                 (only with on_divergence="stop"), or the reason a `stop_when` rule gave
     history     {"steps": {"step", "epoch", "loss", "grad_norm", "lr": lists}, "epochs": [per-epoch records],
-                 "initial": {"val_loss", "val_metric"} before the first update, "criterion", "clip"; after a
+                 "initial": {"val_loss", "val_metric"} before the first update, "criterion", "clip", "warnings" (texts,
+                 e.g. that the model ended worse than it started; also issued as TrainingWarning); after a
                  divergence "diverged_at" (the 0-based step that failed) and "divergence" (its loss and gradient norm
                  as text, e.g. "inf": JSON has no infinity)}
     """
@@ -348,6 +372,9 @@ class Trainer:
         self.model, self.train_data, self.val_data = model, train_data, val_data
         self.vocab, self.encoder, self.extra = vocab, encoder, dict(extra or {})
         self.out_dir = None if out_dir is None else Path(out_dir)
+        if self.out_dir is not None:
+            for name in (LAST, BEST, HISTORY, CURVES):  # what a killed writer of these files left behind
+                remove_stale_temporaries(self._path(name))
         self.val_metric, self.stop_when, self.on_divergence = val_metric, stop_when, on_divergence
         self.loss_fn = loss_fn or _default_loss
         self.progress, self.log, self.plot = progress, log or (lambda line: None), plot
@@ -360,6 +387,9 @@ class Trainer:
         self._epoch_start_rng_state = self.rng.bit_generator.state
         criterion = "val_metric" if val_metric else ("val_loss" if val_data is not None else "train_loss")
         data = {"train": train_data.fingerprint(), "val": None if val_data is None else val_data.fingerprint()}
+        for name, dataset in (("train", train_data), ("val", val_data)):
+            if dataset is not None and (features := dataset.features_fingerprint()) is not None:
+                data[f"{name}_features"] = features
         self.state = TrainState(criterion=criterion, data=data)
         self.history: dict[str, Any] = {
             "criterion": criterion,
@@ -373,12 +403,22 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ resuming
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, train_data: Dataset, **kwargs: Any) -> Trainer:
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | Checkpoint,
+        train_data: Dataset,
+        *,
+        allow_other_features: bool = False,
+        **kwargs: Any,
+    ) -> Trainer:
         """Continue the run saved in `checkpoint` (usually `last.npz`) on the SAME data.
 
         Restores the model, the optimiser's state, the generator state, the position in the epoch, the
-        early-stopping counters and the history. Refuses (ValueError) data whose fingerprint differs from the saved
-        one, a different validation criterion, and (when `encoder` is given) features from another encoder.
+        early-stopping counters and the history, and repairs `best.npz` if a kill left it behind (`_repair_best`).
+        Refuses (ValueError, saying what differs) data whose fingerprint differs from the saved one, a different
+        validation criterion, and (when `encoder` is given) features from another encoder. Image features that
+        differ from the saved run's (another feature store) are refused too unless `allow_other_features`: the run
+        then continues on them, knowingly, and is no longer exactly the run it would have been.
         `out_dir` defaults to the checkpoint's folder. Other keyword arguments are the constructor's.
         """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
@@ -410,18 +450,34 @@ class Trainer:
                 f"{ckpt.path} chose its best epoch by {saved.criterion}, this resumed run would use "
                 f"{trainer.state.criterion}: pass the same val_metric / validation data"
             )
-        if saved.data != trainer.state.data:
+        now = trainer.state.data
+        differ = [k for k in saved.data if k in now and saved.data[k] != now[k]]  # older checkpoints have fewer keys
+        if captions := [k for k in differ if not k.endswith("_features")]:
+            what = " and ".join(_DATA_NAMES.get(k, k) for k in captions)
             raise ValueError(
-                f"the data differ from those {ckpt.path} was trained on (fingerprints {saved.data} vs "
-                f"{trainer.state.data}): resume with the same captions file, split seed, min count and max length"
+                f"the data differ from those {ckpt.path} was trained on: the {what} (fingerprints "
+                f"{[saved.data[k] for k in captions]} vs {[now[k] for k in captions]}): resume with the same captions "
+                "file, split seed, min count and max length"
             )
+        if features := [k for k in differ if k.endswith("_features")]:
+            what = " and the ".join(_DATA_NAMES.get(k, k) for k in features)
+            if not allow_other_features:
+                raise ValueError(
+                    f"the {what} differ from those {ckpt.path} was trained on (fingerprints "
+                    f"{[saved.data[k] for k in features]} vs {[now[k] for k in features]}): is this another feature "
+                    "store (re-extracted, other photos, a damaged copy)? Resume with the features the run was trained "
+                    "on, or allow other features explicitly (minicap train --allow-other-features) to continue on "
+                    "these, knowing that the run is then no longer exact"
+                )
+            trainer.log(f"note: resuming on other features, as asked: the {what} differ from the checkpoint's")
         trainer.optimizer.load_state_dict(ckpt.optimizer_state, params=trainer.model.params)
         rng = ckpt.make_rng()
         assert rng is not None
         trainer._epoch_start_rng_state = rng.bit_generator.state
-        trainer.state = saved
+        trainer.state = dataclasses.replace(saved, data={**saved.data, **now})
         trainer.history = {"initial": None, **ckpt.history}
         trainer.best_params = trainer._load_best_params(ckpt)
+        trainer._repair_best(ckpt)
         return trainer
 
     def _load_best_params(self, ckpt: Checkpoint) -> dict[str, np.ndarray] | None:
@@ -432,11 +488,52 @@ class Trainer:
         if best_epoch == ckpt.epoch and self.state.batch_in_epoch == 0:
             return {k: v.copy() for k, v in self.model.params.items()}
         best_file = ckpt.path.parent / BEST
-        if best_file.is_file():
-            best = load_checkpoint(best_file)
-            if best.epoch == best_epoch:
-                return best.model.params
+        if self._holds_best_epoch(best_file):
+            return load_checkpoint(best_file).model.params
         return None
+
+    def _holds_best_epoch(self, path: Path) -> bool:
+        """Is `path` a checkpoint of this run's best epoch (its epoch, and the step that epoch ended at)?"""
+        best_epoch = self.state.best_epoch
+        if best_epoch is None or not path.is_file():
+            return False
+        try:
+            header = read_header(path)
+        except CheckpointError:
+            return False
+        epochs = self.history.get("epochs") or []
+        step = epochs[best_epoch - 1]["step"] if len(epochs) >= best_epoch else None
+        return header.get("epoch") == best_epoch and (step is None or header.get("step") == step)
+
+    def _repair_best(self, ckpt: Checkpoint) -> None:
+        """Make `out_dir/best.npz` hold exactly the epoch this run calls best, as an uninterrupted run would have.
+
+        `_end_epoch` writes last.npz, then best.npz. A run killed between the two (or whose disk filled up there)
+        leaves a last.npz whose state says "best epoch N" beside a best.npz of an older epoch, or none. That last.npz
+        IS the state after epoch N, so the repair is a copy of it. (A resume into another `out_dir` copies the
+        original folder's best.npz the same way.)
+        """
+        if self.out_dir is None or self.state.best_epoch is None:
+            return
+        best_file = self._path(BEST)
+        if self._holds_best_epoch(best_file):
+            return
+        at_best_epoch = self.state.best_epoch == ckpt.epoch and self.state.batch_in_epoch == 0
+        candidates = ([ckpt.path] if at_best_epoch else []) + [ckpt.path.parent / BEST]
+        source = next((c for c in candidates if self._holds_best_epoch(c)), None)
+        if source is None:
+            warnings.warn(
+                f"{best_file} does not hold the best epoch ({self.state.best_epoch}) and no checkpoint of that epoch "
+                "is left to repair it from; it will be written again when the validation criterion next improves",
+                TrainingWarning,
+                stacklevel=3,
+            )
+            return
+        self._write(BEST, lambda: atomic_write_bytes(best_file, source.read_bytes()))
+        self.log(
+            f"repaired {best_file}: it now holds epoch {self.state.best_epoch}, the best epoch (the run had stopped "
+            f"before best.npz was written; copied from {source})"
+        )
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -471,6 +568,7 @@ class Trainer:
                     st.stopped = reason = "diverged"
             if reason is not None:
                 break
+        self._warn_if_worse()
         self._write_history(reason)
         self._plot()
         best_model = None
@@ -619,6 +717,8 @@ class Trainer:
         elif self.stop_when is not None and (reason := self.stop_when(self.history)):
             st.stopped = reason
         metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric}
+        # This order keeps best.npz and history.json in agreement at every moment: a kill after last.npz leaves both
+        # at the previous epoch, and the next resume repairs best.npz from last.npz (`_repair_best`).
         self._save(LAST, metrics)
         if improved:
             self._save(BEST, metrics)
@@ -640,26 +740,83 @@ class Trainer:
             return
         rng = np.random.default_rng()
         rng.bit_generator.state = self._epoch_start_rng_state  # the order of the epoch in progress (or next)
-        save_checkpoint(
-            self._path(name),
-            self.model,
-            self.vocab,
-            optimizer=self.optimizer,
-            step=self.state.step,
-            epoch=self.state.epoch,
-            metrics=metrics,
-            rng=rng,
-            encoder=self.encoder,
-            train_config=self.config.to_dict(),
-            train_state=self.state.to_dict(),
-            history=self.history,
-            extra=self.extra,
+        self._write(
+            name,
+            lambda: save_checkpoint(
+                self._path(name),
+                self.model,
+                self.vocab,
+                optimizer=self.optimizer,
+                step=self.state.step,
+                epoch=self.state.epoch,
+                metrics=metrics,
+                rng=rng,
+                encoder=self.encoder,
+                train_config=self.config.to_dict(),
+                train_state=self.state.to_dict(),
+                history=self.history,
+                extra=self.extra,
+            ),
         )
 
     def _write_history(self, stopped: str | None) -> None:
         if self.out_dir is None:
             return
-        atomic_write_json(self._path(HISTORY), {**self.history, "stopped": stopped, "config": self.config.to_dict()})
+        record = {**self.history, "stopped": stopped, "config": self.config.to_dict()}
+        self._write(HISTORY, lambda: atomic_write_json(self._path(HISTORY), record))
+
+    def _write(self, name: str, write: Callable[[], Any]) -> None:
+        """Run `write` (which writes the file `name`); if the disk refuses it, say which files are still good."""
+        try:
+            write()
+        except WriteFailed as e:
+            raise e.still_good(self._files_still_good()) from e
+
+    def _files_still_good(self) -> str:
+        """What a user can continue from after a failed write: the checkpoints on disk and their epochs."""
+        good = []
+        for name in (LAST, BEST):
+            path = self._path(name)
+            try:
+                header = read_header(path) if path.is_file() else None
+            except CheckpointError:
+                header = None
+            if header is not None:
+                good.append(f"{path} (epoch {header['epoch']}, step {header['step']})")
+        if not good:
+            return "no checkpoint of this run has been written yet; free some space and start again"
+        return (
+            ", ".join(good) + f". Free some space, then continue from {self._path(LAST)} (minicap train --resume "
+            f"{self._path(LAST)}; a resume also repairs best.npz)"
+        )
+
+    def _warn_if_worse(self) -> None:
+        """Warn (a TrainingWarning, and history["warnings"]) when the best or the last epoch left the model with a
+        HIGHER validation loss than it had before the first update.
+
+        Nothing else would say so: a learning rate far too high can make the loss thousands of times worse without
+        ever producing a NaN, and the run would end as "completed" with exit code 0.
+        """
+        initial = (self.history.get("initial") or {}).get("val_loss")
+        epochs, best_epoch = self.history["epochs"], self.state.best_epoch
+        if initial is None or not epochs:
+            return
+        worse = []
+        if best_epoch is not None and (best := epochs[best_epoch - 1]["val_loss"]) is not None and best > initial:
+            worse.append(f"the best epoch's ({best_epoch}) {best:.6g}")
+        if best_epoch != len(epochs) and (last := epochs[-1]["val_loss"]) is not None and last > initial:
+            worse.append(f"the last epoch's ({len(epochs)}) {last:.6g}")
+        if not worse:
+            self.history.pop("warnings", None)
+            return
+        message = (
+            f"training made the model worse: the validation loss was {initial:.6g} before the first update, "
+            f"{' and '.join(worse)} after it. Nothing it learnt carries over to the validation data; a learning rate "
+            f"far too high does this (it is {self.config.lr:g}: try a lower one, --lr), and so does too little "
+            "training data"
+        )
+        self.history["warnings"] = [message]
+        warnings.warn(message, TrainingWarning, stacklevel=3)
 
     def _plot(self) -> None:
         if not self.plot or self.out_dir is None or not self.history["steps"]["step"]:
