@@ -195,6 +195,10 @@ def test_caption_dataset_fingerprint_follows_the_captions_not_the_features(rng):
     assert ds.fingerprint() == CaptionDataset(enc.captions.copy(), enc.image_ids.copy(), other_table).fingerprint()
     assert ds.fingerprint() != CaptionDataset(enc.captions[::-1], enc.image_ids[::-1], table).fingerprint()
     assert ds.fingerprint() != CaptionDataset(enc.captions, np.array([2, 2, 1]), table).fingerprint()
+    # The features have their own fingerprint: other values for these images differ, extra images do not count.
+    assert ds.features_fingerprint() != CaptionDataset(enc.captions, enc.image_ids, other_table).features_fingerprint()
+    wider = FeatureTable(np.array([1, 2, 3]), np.vstack([table.features, rng.standard_normal((1, 3))]))
+    assert ds.features_fingerprint() == CaptionDataset(enc.captions, enc.image_ids, wider).features_fingerprint()
 
 
 def test_caption_dataset_fails_early_on_missing_features(rng):
