@@ -549,6 +549,7 @@ def caption_files(
     """
     from PIL import Image
 
+    from minicap.vision.encoders.spec import NotARegularFile
     from minicap.vision.extract import OnnxEncoder, load_image_tensor
 
     ckpt, model, vocab, config = load_captioner(checkpoint)
@@ -567,6 +568,8 @@ def caption_files(
             loaded.append((p, load_image_tensor(p, onnx.spec)))
         except FileNotFoundError:
             failures.append((p, "file not found"))
+        except NotARegularFile as e:  # a FIFO, device, directory: never opened
+            failures.append((p, str(e)))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             # Pillow: UnidentifiedImageError (an OSError) for non-images, OSError for truncated files.
             failures.append((p, f"not a readable image ({type(e).__name__}: {e})"))

@@ -199,7 +199,7 @@ def test_disk_full_while_extracting_says_which_features_are_safe(tmp_path, tiny_
     err = capsys.readouterr().err
     assert err == (
         f"error: could not write {out}: No space left on device; f.pkl was not created. Still good: the features of "
-        f"6 images saved so far ({out} and {out}.parts/); run the same command again once there is space: it "
+        f"6 images saved so far ({out}.parts/); run the same command again once there is space: it "
         "reuses them\n"
     )
     monkeypatch.undo()

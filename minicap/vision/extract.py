@@ -342,9 +342,10 @@ def extract_features(
 
     def safe_so_far() -> str:
         done = sum(len(c) for c in chunks) + (0 if previous is None else len(previous))
+        where = f"{parts_dir}/" if previous is None else f"{out_path} and {parts_dir}/"
         return (
-            f"the features of {done} images saved so far ({out_path} and {parts_dir}/); run the same command again "
-            "once there is space: it reuses them"
+            f"the features of {done} images saved so far ({where}); run the same command again once there is "
+            "space: it reuses them"
         )
 
     def flush() -> None:
