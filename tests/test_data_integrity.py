@@ -265,3 +265,17 @@ def test_the_vocabulary_holds_the_words_trained_on_not_the_tail_of_an_overlong_c
     targets = encoded["train"].captions[:, 1:]
     counts = np.bincount(targets[targets > 0], minlength=len(encoded.vocab))
     assert counts[2:].tolist() == encoded.vocab.counts[2:]  # <END>, <UNK> and every word
+
+
+def test_a_changed_byte_in_a_checkpoint_is_caught_by_the_zip_crc(tmp_path):
+    from minicap.checkpoint import CheckpointError, save_checkpoint
+    from minicap.models import CaptionModel
+
+    model = CaptionModel(vocab_size=7, feature_size=4, wordvec_size=3, hidden_size=5, seed=0)
+    path = save_checkpoint(tmp_path / "c.npz", model)
+    data = bytearray(path.read_bytes())
+    at = data.find(model.params["W_embed"].tobytes()) + 5  # inside an array the .npz stores uncompressed
+    data[at] ^= 0x01
+    (tmp_path / "flipped.npz").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"flipped\.npz is truncated or corrupt .*Bad CRC-32"):
+        load_checkpoint(tmp_path / "flipped.npz")
