@@ -12,7 +12,16 @@ from minicap import nn
 from minicap.decode import sample_language_model
 from minicap.gradcheck import NORM_REL, REFERENCE_DTYPE, SEQUENCE_MAX_REL, compare, numerical_gradient
 from minicap.models import LSTMLanguageModel, State
-from minicap.models.language import CorpusScore, bigram_pairs, caption_stream, perplexity, stream_chunks
+from minicap.models.language import (
+    CarriedState,
+    CorpusScore,
+    StreamDataset,
+    bigram_pairs,
+    caption_stream,
+    perplexity,
+    stream_chunks,
+    stream_log_probs,
+)
 from minicap.models.ngram import SMOOTHINGS, BigramModel, UnigramModel
 from minicap.tokens import END, NULL, START, UNK
 
@@ -354,3 +363,70 @@ def test_clear_errors():
         _model(word_counts=np.ones(3))
     with pytest.raises(ValueError, match="missing"):
         LSTMLanguageModel.from_config(model.config, {"W_embed": model.params["W_embed"]})
+
+
+# ------------------------------------------------------------------------------- a long stream: truncated BPTT
+
+
+def test_token_log_probs_are_the_log_likelihood_position_by_position(rng):
+    model = _model()
+    words_in, targets, mask, h0, c0 = _chunk(5)
+    log_p, state = model.token_log_probs(words_in, targets, h0, c0)
+    score, state2 = model.log_likelihood(words_in, targets, mask, h0, c0)
+    assert log_p.shape == words_in.shape and np.all(log_p < 0)
+    assert log_p[mask].sum() == pytest.approx(score.log_prob, rel=1e-12)
+    np.testing.assert_array_equal(state.h, state2.h)
+    loss, _ = model.loss(words_in, targets, mask, h0, c0, backward=False)
+    assert -log_p[mask].mean() == pytest.approx(float(loss), rel=1e-10)
+
+
+def test_stream_dataset_reads_the_chunks_in_order_across_epochs_and_passes():
+    stream = np.arange(4, 4 + 41) % V_SMALL  # 41 tokens: 2 rows of 20 inputs, chunks of 3 -> 7 chunks a pass
+    data = StreamDataset(stream, chunk=3, chunks_per_epoch=3)
+    rng = np.random.default_rng(0)
+    assert data.chunks_per_pass(2) == 7 and data.batches_per_epoch(2) == 3
+    keys = [data.epoch(rng, 2) for _ in range(4)]  # 3 + 3 + 1 chunks, then a new pass
+    assert keys == [[(0, True), (1, False), (2, False)], [(3, False), (4, False), (5, False)], [(6, False)],
+                    [(0, True), (1, False), (2, False)]]  # fmt: skip
+    data = StreamDataset(stream, chunk=3)
+    read = [data.batch(k) for k in data.epoch(rng, 2)]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in read], axis=1), [stream[:20], stream[20:40]])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in read], axis=1), [stream[1:21], stream[21:41]])
+    assert len(StreamDataset(stream, chunk=3, max_chunks=2).epoch(rng, 2)) == 2
+    with pytest.raises(ValueError, match="chunk"):
+        StreamDataset(stream, chunk=0)
+
+
+@FAST
+def test_carried_state_continues_the_rows_and_reset_starts_each_chunk_from_zeros(fast):
+    model = _model(fast=fast)
+    stream = np.random.default_rng(2).integers(2, V_SMALL, size=61)
+    data = StreamDataset(stream, chunk=5)
+    batches = [data.batch(k) for k in data.epoch(np.random.default_rng(0), 3)]
+    whole_in, whole_out = np.concatenate([b[0] for b in batches], 1), np.concatenate([b[1] for b in batches], 1)
+    whole_loss, _ = model.loss(whole_in, whole_out, backward=False)  # one pass over the whole rows, from zeros
+    carried, reset = CarriedState(), CarriedState(carry=False)
+    carried_losses = [float(carried(model, b)[0]) for b in batches]
+    reset_losses = [float(reset(model, b)[0]) for b in batches]
+    assert np.mean(carried_losses) == pytest.approx(float(whole_loss), rel=1e-10)  # equal chunks: mean of means
+    assert reset_losses[0] == pytest.approx(carried_losses[0], rel=1e-12)  # both start the pass from zeros
+    assert not np.allclose(reset_losses[1:], carried_losses[1:])
+    independent = [float(model.loss(b[0], b[1], backward=False)[0]) for b in batches]
+    np.testing.assert_allclose(reset_losses, independent, rtol=1e-12)
+    assert carried.tokens == reset.tokens == whole_in.size
+
+
+def test_stream_log_probs_read_whole_or_restarted_every_r_tokens():
+    model = _model()
+    stream = np.random.default_rng(4).integers(2, V_SMALL, size=49)  # 2 rows of 24 predictions
+    whole = stream_log_probs(model, stream, rows=2, chunk=5)
+    rows = np.stack([stream[:25], stream[24:49]])
+    expected, _ = model.token_log_probs(rows[:, :-1], rows[:, 1:])
+    np.testing.assert_allclose(whole, expected, rtol=1e-12)  # the chunk size changes nothing
+    cut = stream_log_probs(model, stream, rows=2, reset_every=8)
+    for start in range(0, 24, 8):  # every piece of 8 read from zeros on its own
+        piece, _ = model.token_log_probs(rows[:, start : start + 8], rows[:, start + 1 : start + 9])
+        np.testing.assert_allclose(cut[:, start : start + 8], piece, rtol=1e-12)
+    np.testing.assert_allclose(cut[:, :8], whole[:, :8], rtol=1e-12)  # the first piece has the same (no) past
+    captions = caption_stream(np.array([[START, 4, END], [START, 5, END]]))  # <START> targets are not predicted
+    assert np.isnan(stream_log_probs(model, captions, rows=1)).sum() == 1

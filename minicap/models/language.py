@@ -18,13 +18,14 @@ Letters: N batch, T time steps, W word-vector size, H hidden size, V vocabulary 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from minicap import nn
+from minicap.dataset import Dataset
 from minicap.models.base import SequenceModel, State, log_frequency_bias, normal_init
 from minicap.tokens import END, START, predictable_tokens, target_mask
 
@@ -37,6 +38,9 @@ __all__ = [
     "caption_stream",
     "StreamChunk",
     "stream_chunks",
+    "StreamDataset",
+    "CarriedState",
+    "stream_log_probs",
 ]
 
 
@@ -273,6 +277,32 @@ class LSTMLanguageModel(SequenceModel):
         grads["W_embed"] = nn.word_embedding_backward(dx, embed_cache)
         return loss, grads, final
 
+    def token_log_probs(
+        self,
+        words_in: np.ndarray,
+        targets: np.ndarray,
+        h0: np.ndarray | None = None,
+        c0: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, State]:
+        """Forward only: log P(targets[n, t] | words_in[n, :t+1], h0, c0) at EVERY position, and the final state.
+
+        words_in, targets: (N, T) int; h0, c0: (N, H) or None (zeros). Returns ((N, T) float64 natural-log
+        probabilities, State(h_T, c_T)). For evaluation: where in a sequence the model is sure or unsure.
+        """
+        words_in, targets, _, h0, c0 = self._check_inputs(words_in, targets, None, h0, c0)
+        N, T = words_in.shape
+        h, _, lstm_cache = self._forward(words_in, h0, c0)
+        scores = h.reshape(N * T, -1) @ self.params["W_vocab"] + self.params["b_vocab"]  # (N·T, V)
+        # log P(target) = s_target − logsumexp(s), by log-sum-exp with the row maximum subtracted (as in
+        # nn.softmax_loss), in ONE (N·T, V) buffer: only the target log-probabilities are needed, not all of them.
+        rows = np.arange(N * T)
+        row_max = scores.max(axis=1)
+        target_score = scores[rows, targets.reshape(N * T)] - row_max
+        scores -= row_max[:, None]
+        np.exp(scores, out=scores)
+        log_p = target_score.astype(np.float64) - np.log(scores.sum(axis=1, dtype=np.float64))
+        return log_p.reshape(N, T), State(lstm_cache.h_last.copy(), lstm_cache.c_last.copy())
+
     def log_likelihood(
         self,
         words_in: np.ndarray,
@@ -286,20 +316,8 @@ class LSTMLanguageModel(SequenceModel):
         Same arguments as `loss`. Used for evaluation (no caches for a backward pass are kept beyond the call).
         """
         words_in, targets, mask, h0, c0 = self._check_inputs(words_in, targets, mask, h0, c0)
-        N, T = words_in.shape
-        counted = mask.reshape(N * T)
-        h, _, lstm_cache = self._forward(words_in, h0, c0)
-        scores = h.reshape(N * T, -1)[counted] @ self.params["W_vocab"] + self.params["b_vocab"]  # (K, V)
-        # log P(target) = s_target − logsumexp(s), by log-sum-exp with the row maximum subtracted (as in
-        # nn.softmax_loss), in ONE (K, V) buffer: only the K target log-probabilities are needed, not all K·V.
-        rows = np.arange(scores.shape[0])
-        row_max = scores.max(axis=1)
-        target_score = scores[rows, targets.reshape(N * T)[counted]] - row_max
-        scores -= row_max[:, None]
-        np.exp(scores, out=scores)
-        log_p = target_score - np.log(scores.sum(axis=1))
-        score = CorpusScore(float(log_p.sum(dtype=np.float64)), int(counted.sum()))
-        return score, State(lstm_cache.h_last.copy(), lstm_cache.c_last.copy())
+        log_p, state = self.token_log_probs(words_in, targets, h0, c0)
+        return CorpusScore(float(log_p[mask].sum()), int(mask.sum())), state
 
     def score(self, captions: np.ndarray, batch_size: int = 512, from_zeros: bool = False) -> CorpusScore:
         """Σ log P over every prediction of (M, L) padded caption rows, each caption read ON ITS OWN.
@@ -380,3 +398,114 @@ def stream_chunks(stream: np.ndarray, batch_size: int, chunk_size: int) -> Itera
     for start in range(0, row_length, chunk_size):
         t = targets[:, start : start + chunk_size]
         yield StreamChunk(inputs[:, start : start + chunk_size], t, t != START)
+
+
+class StreamDataset(Dataset):
+    """A token stream as the Trainer reads it for truncated BPTT: N = batch_size parallel rows (`stream_chunks`),
+    read k = `chunk` tokens at a time, IN ORDER, so that `CarriedState` can carry the state from chunk to chunk.
+
+    stream: the (K,) token stream, or a function rng -> stream that makes a new one for every pass (captions:
+        shuffle the rows, then `caption_stream`; a long text: the same text every pass).
+    chunks_per_epoch: split each pass into Trainer epochs of this many chunks (a validation after each); None:
+        one epoch is one whole pass. The epochs continue along the stream; once it is used up a new pass begins.
+    max_chunks: use only the first `max_chunks` chunks of a pass (a short run on the start of every row).
+
+    Each batch is (words_in (N, k), targets (N, k), mask (N, k), starts_pass): `starts_pass` is True for the first
+    chunk of a pass, whose rows start afresh (the rows of a new pass do not continue the old ones).
+    The position along the stream lives in this object: a run stopped mid-pass and resumed restarts the pass.
+    """
+
+    def __init__(
+        self,
+        stream: np.ndarray | Callable[[np.random.Generator], np.ndarray],
+        chunk: int,
+        chunks_per_epoch: int | None = None,
+        max_chunks: int | None = None,
+    ) -> None:
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        for name, value in (("chunks_per_epoch", chunks_per_epoch), ("max_chunks", max_chunks)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if callable(stream):
+            self.make_stream = stream
+        else:
+            fixed = np.asarray(stream)
+            self.make_stream = lambda rng: fixed
+        self.chunk, self.chunks_per_epoch, self.max_chunks = int(chunk), chunks_per_epoch, max_chunks
+        self.tokens = self.make_stream(np.random.default_rng(0)).size  # the same every pass: only the order changes
+        self._pass: list[StreamChunk] = []
+        self._next = 0  # the next chunk of the pass in progress
+
+    def __len__(self) -> int:
+        return self.tokens - 1  # every stream position but the last is an input with a target
+
+    def chunks_per_pass(self, batch_size: int) -> int:
+        per_pass = -(-((self.tokens - 1) // batch_size) // self.chunk)
+        return per_pass if self.max_chunks is None else min(per_pass, self.max_chunks)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        per_pass = self.chunks_per_pass(batch_size)
+        return per_pass if self.chunks_per_epoch is None else min(per_pass, self.chunks_per_epoch)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int) -> list[tuple[int, bool]]:
+        if self._next >= len(self._pass):  # a new pass: a new stream, rows from its start
+            stream = self.make_stream(rng)
+            self._pass = list(stream_chunks(stream, batch_size, self.chunk))[: self.chunks_per_pass(batch_size)]
+            self._next = 0
+        keys = [(j, j == 0) for j in range(self._next, min(self._next + self.batches_per_epoch(batch_size),
+                                                           len(self._pass)))]  # fmt: skip
+        self._next += len(keys)
+        return keys
+
+    def batch(self, key: tuple[int, bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        j, starts_pass = key
+        piece = self._pass[j]
+        return piece.words_in, piece.targets, piece.mask, starts_pass
+
+
+class CarriedState:
+    """The Trainer's loss_fn for truncated BPTT over a `StreamDataset`.
+
+    carry=True: a chunk starts from the state the previous chunk ENDED in (each pass from zeros). Forward, the
+        rows are read as one long sequence; `loss_and_state` treats the carried state as a constant, so the
+        gradient stops at the chunk's first step (the truncation).
+    carry=False: every chunk starts from zeros, as if the chunks were unrelated sequences — the comparison that
+        shows what carrying the state is worth.
+    """
+
+    def __init__(self, carry: bool = True) -> None:
+        self.carry = bool(carry)
+        self.state: State | None = None
+        self.tokens = 0  # counted (predicted) tokens seen
+
+    def __call__(self, model: LSTMLanguageModel, batch: tuple) -> tuple[np.floating, dict[str, np.ndarray]]:
+        words_in, targets, mask, starts_pass = batch
+        if starts_pass or self.state is None or not self.carry:
+            self.state = model.initial_state(len(words_in))
+        loss, grads, self.state = model.loss_and_state(words_in, targets, mask, self.state.h, self.state.c)
+        self.tokens += int(mask.sum())
+        return loss, grads
+
+
+def stream_log_probs(
+    model: LSTMLanguageModel, stream: np.ndarray, rows: int = 64, chunk: int = 250, reset_every: int | None = None
+) -> np.ndarray:
+    """log P of every token of a held-out stream read as `rows` parallel rows (`stream_chunks`): (rows, L) float64.
+
+    Every row is read from zeros as ONE sequence, the state carried from chunk to chunk (chunk: only how many
+    steps are computed at once; it does not change the numbers) — or, with reset_every = R, restarted from zeros
+    every R tokens, so that no prediction sees more than R tokens of its past. Column j of the result is the
+    j-th prediction of each row; with reset_every = R, column j has seen j mod R earlier tokens of its row.
+    A target that is never predicted (the <START> after an <END> in a caption stream) is NaN.
+    """
+    if reset_every is not None and int(reset_every) < 1:
+        raise ValueError(f"reset_every must be >= 1 or None, got {reset_every}")
+    step = chunk if reset_every is None else int(reset_every)
+    out, state = [], model.initial_state(rows)
+    for piece in stream_chunks(np.asarray(stream), rows, step):
+        if reset_every is not None:
+            state = model.initial_state(rows)
+        log_p, state = model.token_log_probs(piece.words_in, piece.targets, state.h, state.c)
+        out.append(np.where(piece.mask, log_p, np.nan))
+    return np.concatenate(out, axis=1)
