@@ -23,7 +23,7 @@ Conventions shared by the decoders:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -39,6 +39,7 @@ __all__ = [
     "sample_from_state",
     "sample_language_model",
     "beam_search",
+    "BeamStep",
     "length_penalty_factor",
     "caption_log_probs",
     "decode_captions",
@@ -141,10 +142,14 @@ def sample_from_state(
     rng: np.random.Generator | int | None = None,
     max_length: int = 20,
     allow_unk: bool = False,
+    first_words: np.ndarray | None = None,
 ) -> np.ndarray:
     """The sampling loop of `sample`, for any model with `logits, state = step(words, state)`: from `state`
     (a batch of N sequences, each about to read <START>) -> ids (N, max_length). The caption model starts from
     its image; the language model (minicap.models.language) starts from its caption-start state.
+
+    first_words: (N,) the tokens read first instead of <START> (a character model continuing a text: the last
+    character of the text it has read, with `state` the state that reading left).
     """
     temperature = float(temperature)
     if not (np.isfinite(temperature) and temperature > 0.0):
@@ -155,7 +160,9 @@ def sample_from_state(
     N = len(state[0])
     allowed = decodable_tokens(vocab_size, allow_unk)
     ids = np.full((N, max_length), NULL, dtype=np.int32)
-    words = np.full(N, START, dtype=np.int64)
+    words = np.full(N, START, dtype=np.int64) if first_words is None else np.asarray(first_words, dtype=np.int64)
+    if words.shape != (N,):
+        raise ValueError(f"first_words must have shape ({N},), got {words.shape}")
     done = np.zeros(N, dtype=bool)
     for t in range(max_length):
         logits, state = step(words, state)
@@ -222,6 +229,16 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1)
 
 
+class BeamStep(NamedTuple):
+    """The beam after one step of `beam_search` (what `trace` collects): for image n, hypothesis b (best first)."""
+
+    tokens: np.ndarray  # (N, B, t + 1) int32: the tokens so far (<NULL> after an <END>)
+    scores: np.ndarray  # (N, B) float64: log P of those tokens, summed
+    word_log_probs: np.ndarray  # (N, B) float64: log P of the token this step added (0 once finished)
+    parents: np.ndarray  # (N, B) int: which hypothesis of the previous step each one extends
+    finished: np.ndarray  # (N, B) bool: has emitted <END>
+
+
 def beam_search(
     model: Decodable,
     features: np.ndarray,
@@ -230,6 +247,7 @@ def beam_search(
     length_penalty: float = 0.0,
     allow_unk: bool = False,
     return_scores: bool = False,
+    trace: list[BeamStep] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Keep the `beam_size` most probable partial captions at every step; return the best finished one per image.
 
@@ -250,6 +268,8 @@ def beam_search(
 
     At the first step all B hypotheses would be the same "<START>", so only one starts with score 0 (the others
     −∞) and the first B candidates are B different words.
+
+    trace: a list to which every step appends its beam (a `BeamStep`), to watch the search (lesson 06).
     """
     if int(beam_size) != beam_size or beam_size < 1:
         raise ValueError(f"beam_size must be an integer >= 1, got {beam_size}")
@@ -277,12 +297,16 @@ def beam_search(
         candidates = (scores[:, :, None] + log_p).reshape(N, B * V)
         best = _top_k(candidates, B)  # (N, B) indices into B·V, best first
         parent, word = best // V, best % V
+        previous = scores[image, parent]
         scores = candidates[image, best]
         tokens = tokens[image, parent]  # each new hypothesis copies its parent's tokens...
         tokens[:, :, t] = word  # ...and adds its word
         was_finished = finished[image, parent]
         lengths = lengths[image, parent] + ~was_finished
         finished = was_finished | (word == END)
+        if trace is not None:
+            word_log_p = np.where(np.isfinite(scores), scores - np.where(np.isfinite(previous), previous, 0.0), -np.inf)
+            trace.append(BeamStep(tokens[:, :, : t + 1].copy(), scores.copy(), word_log_p, parent, finished.copy()))
         rows = (image * B + parent).reshape(-1)
         state = State(*(None if s is None else s[rows] for s in state))
         words = word.reshape(-1)

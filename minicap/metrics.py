@@ -49,6 +49,7 @@ __all__ = [
     "score_captions",
     "evaluate_captions",
     "score_systems",
+    "cider_d_per_image",
     "write_coco_results",
     "load_coco_results",
     "CiderD",
@@ -385,15 +386,17 @@ def score_systems(
     computed by `CiderD` with document frequencies from the references of the images scored (as pycocoevalcap)."""
     if scorer is not None:
         return {name: scorer.score(references, hyps).corpus for name, hyps in hypotheses.items()}
-    out = {}
-    for name, hyps in hypotheses.items():
-        ids = sorted(hyps)
-        refs = [[tokenize(c) for c in references[i]] for i in ids]
-        cider = CiderD(refs)
-        out[name] = {
-            "CIDEr": float(np.mean([cider.score(tokenize(hyps[i]), r) for i, r in zip(ids, refs, strict=True)]))
-        }
-    return out
+    return {name: {"CIDEr": float(np.mean(list(cider_d_per_image(references, hyps).values())))}
+            for name, hyps in hypotheses.items()}  # fmt: skip
+
+
+def cider_d_per_image(references: Mapping[int, Sequence[str]], hypotheses: Mapping[int, str]) -> dict[int, float]:
+    """image id -> CIDEr-D of its caption, document frequencies from the references of the images scored (as
+    pycocoevalcap computes them); the mean over the images is the corpus CIDEr-D of `score_systems`."""
+    ids = sorted(hypotheses)
+    refs = [[tokenize(c) for c in references[i]] for i in ids]
+    cider = CiderD(refs)
+    return {i: cider.score(tokenize(hypotheses[i]), r) for i, r in zip(ids, refs, strict=True)}
 
 
 # ============================================================================================ tables

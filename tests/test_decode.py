@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from minicap.decode import (
+    BeamStep,
     beam_search,
     caption_log_probs,
     decode_captions,
@@ -15,6 +16,7 @@ from minicap.decode import (
     greedy,
     length_penalty_factor,
     sample,
+    sample_from_state,
 )
 from minicap.models import CaptionModel, State
 from minicap.nn import log_softmax
@@ -340,3 +342,38 @@ def test_generate_captions_is_greedy_or_beam_search_in_batches(rng):
     model.params["b_vocab"][UNK] = 50.0
     assert "<UNK>" not in " ".join(generate_captions(model, vocab, features, 3, 6))
     assert set(" ".join(generate_captions(model, vocab, features, 1, 6, allow_unk=True)).split()) == {"<UNK>"}
+
+
+def test_beam_trace_records_every_step_of_the_search():
+    model, _ = bigram_model(GREEDY_TRAP)
+    features = np.zeros((1, 3))
+    steps: list[BeamStep] = []
+    ids, logp = beam_search(model, features, beam_size=2, max_length=4, return_scores=True, trace=steps)
+    assert 1 <= len(steps) <= 4 and all(s.tokens.shape[:2] == (1, 2) for s in steps)
+    assert [s.tokens.shape[2] for s in steps] == list(range(1, len(steps) + 1))
+    for t, step in enumerate(steps):
+        # Each beam's score is its parent's score plus the log P of the word it added (0 once finished), and the
+        # score of its tokens, recomputed from scratch.
+        previous = np.zeros(2) if t == 0 else steps[t - 1].scores[0]
+        for b in range(2):
+            if not np.isfinite(step.scores[0, b]):
+                continue
+            parent = 0.0 if t == 0 else previous[step.parents[0, b]]
+            assert step.scores[0, b] == pytest.approx(parent + step.word_log_probs[0, b], abs=1e-12)
+            padded = np.zeros((1, 4), dtype=np.int32)
+            padded[0, : t + 1] = step.tokens[0, b]
+            assert caption_log_probs(model, features, padded)[0] == pytest.approx(step.scores[0, b], abs=1e-9)
+    assert steps[-1].scores[0].max() == pytest.approx(logp[0])  # the answer is the best of the last beam
+    assert _tokens(ids[0]) == (B, END) and steps[-1].finished[0].any()
+
+
+def test_sampling_can_continue_from_given_first_words():
+    model, _ = bigram_model({START: {A: 0.9, B: 0.05, END: 0.05}, A: {A: 0.9, B: 0.05, END: 0.05},
+                             B: {END: 0.9, A: 0.05, B: 0.05}})  # fmt: skip
+    state = model.initial_state(np.zeros((2, 3)))
+    cold = {"temperature": 0.01, "rng": 3, "max_length": 3}
+    after_b = sample_from_state(model.step, state, V_SMALL, first_words=np.array([B, A]), **cold)
+    assert after_b[0].tolist() == [END, NULL, NULL] and after_b[1].tolist() == [A, A, A]  # as if B, A were read
+    assert sample_from_state(model.step, state, V_SMALL, **cold).tolist() == [[A, A, A]] * 2  # <START> first
+    with pytest.raises(ValueError, match="first_words"):
+        sample_from_state(model.step, state, V_SMALL, first_words=np.array([A]))

@@ -274,3 +274,10 @@ def test_format_metrics_table_without_sd_has_a_title_and_narrow_columns():
     assert lines[3].split() == ["model", "0.200", "0.512"] and "±" not in table
     only = format_metrics_table({"m": {"CIDEr": (1.0, None), "BLEU-1": (0.5, None)}}, metrics=["CIDEr"])
     assert only.splitlines()[0].split() == ["system", "CIDEr"]
+
+
+def test_cider_d_per_image_averages_to_the_corpus_score():
+    per_image = metrics.cider_d_per_image(REFS, HYPS)
+    assert sorted(per_image) == sorted(HYPS)
+    assert np.mean(list(per_image.values())) == pytest.approx(score_systems(REFS, {"s": HYPS})["s"]["CIDEr"])
+    assert per_image[1] > per_image[3]  # "a dog running on grass" against "rice"
