@@ -241,7 +241,7 @@ for seed in cfg.seeds:
         }
         runs[name].append(run)
         print(
-            f"  seed {seed}, state {name:<7}: trained in {curve['seconds']:5.1f} s; validation "
+            f"  seed {seed}, state {name:<7}: trained in {curve['seconds']:5.1f} s; validation (nats/char) "
             + " → ".join(f"{v:.3f}" for v in curve["val_nats"])
             + f"; test {run['test_read_whole']:.3f} read whole, {run['test_read_in_chunks']:.3f} in chunks of "
             f"{cfg.chunk}",

@@ -101,6 +101,7 @@ print(f"COCO photos from {coco_dir} ({source}).")
 # The one configuration of the captioner (minicap.config), trained to the end (no time budget, unlike `minicap demo`),
 # so that every number below is the same on every machine; --quick: 20 of 120 photos held out, 12 epochs.
 config = CaptionerConfig(min_test_images=20, epochs=12) if args.quick else CaptionerConfig()
+print("(In the training lines below, 'loss' is in nats per caption: −log P of a whole caption, mean over captions.)")
 result = run_demo(
     coco_dir,
     args.out,

@@ -18,7 +18,8 @@ What differs from model to model is passed in, never copied into a second loop:
                            epoch(rng, batch_size) -> this epoch's batches (fresh data for the adding problem)
     val_metric             callable(model) -> float, higher is better (the captioner's validation CIDEr-D)
     loss_fn                callable(model, batch) -> (loss, grads); default model.loss(*batch). Truncated BPTT
-                           passes one that carries the recurrent state from one chunk to the next.
+                           passes one that carries the recurrent state from one chunk to the next
+                           (`minicap.models.language.CarriedState`, reading a `StreamDataset`).
     stop_when              callable(history) -> a reason to stop, or None (lesson 01 stops once a task is solved)
     optimizer              any `minicap.optim.Optimizer` (default: the config's)
     vocab, encoder, extra  what the checkpoints record beside the model
