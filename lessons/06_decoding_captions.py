@@ -153,7 +153,20 @@ for t, step in enumerate(steps):
             )
 print(f"  beam {config.beam_size}: {decode_captions(ids, vocab)[0]!r}  log P = {score[0]:.2f} nats")
 print(f"  greedy: {decode_captions(greedy_ids, vocab)[0]!r}  log P = {greedy_score:.2f} nats")
-print(f"  a human: {references[int(test_ids[photo])][0].strip()!r}\n")
+print(f"  a human: {references[int(test_ids[photo])][0].strip()!r}")
+part = np.flatnonzero(ids[0] != greedy_ids[0])
+if part.size:  # where the beam's caption leaves greedy's, and what each is worth there and at the end
+    j = int(part[0])
+    upto_j = np.arange(ids.shape[1]) <= j  # the first j + 1 tokens of each caption, then <NULL>
+    prefix_logp = [
+        caption_log_probs(model, features[photo : photo + 1], np.where(upto_j, c, 0))[0] for c in (greedy_ids, ids)
+    ]
+    print(
+        f"  At word {j + 1} the two part: greedy takes {vocab.idx_to_word[greedy_ids[0, j]]!r} (its caption so far "
+        f"{prefix_logp[0]:.2f} nats), the beam also keeps {vocab.idx_to_word[ids[0, j]]!r} ({prefix_logp[1]:.2f}, "
+        f"less probable there); at the end the beam's caption is worth {score[0]:.2f} and greedy's {greedy_score:.2f}."
+    )
+print()
 
 # %% 3. Every held-out photo, at several beam widths: log P, length, CIDEr-D
 
