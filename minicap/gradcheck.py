@@ -306,8 +306,27 @@ def check_lstm_step(seed: int = 0) -> list[CheckResult]:
     ]
 
 
+def check_gru_step(seed: int = 0) -> list[CheckResult]:
+    rng = np.random.default_rng(seed)
+    N, D, H = 3, 4, 5
+    inputs = {
+        "x": rng.standard_normal((N, D)),
+        "prev_h": rng.standard_normal((N, H)),
+        "Wx": rng.standard_normal((D, 3 * H)) * 0.5,
+        "Wh": rng.standard_normal((H, 3 * H)) * 0.5,
+        "b": rng.standard_normal(3 * H) * 0.5,
+        "b_hn": rng.standard_normal(H) * 0.5,
+    }
+    out, cache = nn.gru_step_forward(**inputs)
+    dout = rng.standard_normal(out.shape)
+    dx, dprev_h, dWx, dWh, db, db_hn = nn.gru_step_backward(dout, cache)
+    analytic = {"x": dx, "prev_h": dprev_h, "Wx": dWx, "Wh": dWh, "b": db, "b_hn": db_hn}
+    fwd = lambda **kw: nn.gru_step_forward(**kw)[0]  # noqa: E731
+    return _check_array_function("gru_step", fwd, inputs, analytic, dout, STEP_MAX_REL)
+
+
 def _sequence_inputs(cell: str, rng: np.random.Generator, N: int, T: int = 6, D: int = 3, H: int = 4) -> dict:
-    G = 4 * H if cell == "lstm" else H
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * H
     inputs = {
         "x": rng.standard_normal((N, T, D)),
         "h0": rng.standard_normal((N, H)),
@@ -317,19 +336,20 @@ def _sequence_inputs(cell: str, rng: np.random.Generator, N: int, T: int = 6, D:
     }
     if cell == "lstm":
         inputs["c0"] = rng.standard_normal((N, H))
+    if cell == "gru":
+        inputs["b_hn"] = rng.standard_normal(H) * 0.5
     return inputs
 
 
 def check_sequence(
     cell: str, fast: bool = False, seed: int = 0, lengths: tuple[int, ...] | None = None
 ) -> list[CheckResult]:
-    """rnn_forward/backward or lstm_forward/backward, the readable loop (`minicap.nn`) or the fast path
-    (`minicap.nn.fast`). With `lengths` (longest first) some sequences stop early and carry their state."""
+    """rnn_, lstm_ or gru_forward/backward, the readable loop (`minicap.nn`) or the fast path (`minicap.nn.fast`;
+    none for the GRU). With `lengths` (longest first) some sequences stop early and carry their state."""
     rng = np.random.default_rng(seed)
     inputs = _sequence_inputs(cell, rng, N=len(lengths or (6, 6)))
     seq = nn.fast if fast else nn
-    forward = seq.lstm_forward if cell == "lstm" else seq.rnn_forward
-    backward = seq.lstm_backward if cell == "lstm" else seq.rnn_backward
+    forward, backward = getattr(seq, f"{cell}_forward"), getattr(seq, f"{cell}_backward")
     lens = None if lengths is None else np.array(lengths)
     out, cache = forward(**inputs, lengths=lens)
     dout = rng.standard_normal(out.shape)  # also after a sequence's end: the carried state reaches the loss
@@ -337,6 +357,8 @@ def check_sequence(
     analytic = {"x": g.dx, "h0": g.dh0, "Wx": g.dWx, "Wh": g.dWh, "b": g.db}
     if cell == "lstm":
         analytic["c0"] = g.dc0
+    if cell == "gru":
+        analytic["b_hn"] = g.db_hn
     fwd = lambda **kw: forward(**kw, lengths=lens)[0]  # noqa: E731
     name = f"{'fast.' if fast else ''}{cell}_forward/backward" + ("" if lengths is None else " (lengths)")
     return _check_array_function(name, fwd, inputs, analytic, dout, SEQUENCE_MAX_REL)
@@ -398,16 +420,24 @@ def _model_batches(seed: int = 0) -> list[tuple[str, SequenceModel, tuple[np.nda
     lm = LSTMLanguageModel(11, wordvec_size=4, hidden_size=5, dtype=np.float64)
     state = rng.standard_normal((2, 3, 5))
     out.append(("LSTMLanguageModel", lm, (words, targets, targets != 0, state[0], state[1])))
-    for cell in ("lstm", "rnn"):
+    for cell in ("lstm", "gru", "rnn"):
         regressor = SequenceRegressor(2, 5, cell=cell, init="xavier", dtype=np.float64)
         out.append((f"SequenceRegressor({cell})", regressor, (x, y)))
     return out
 
 
+def _has_fast_path(model: SequenceModel) -> bool:
+    """Every model runs `minicap.nn.fast` when `model.fast` is set, except the GRU regressor: there is no fast GRU."""
+    return not (isinstance(model, SequenceRegressor) and model.cell == "gru")
+
+
 def check_models(fast: bool = False, seed: int = 0) -> list[CheckResult]:
-    """The whole loss of every model against centred differences, on the readable or the fast path."""
+    """The whole loss of every model against centred differences, on the readable or the fast path (models
+    without a fast path are checked once, on the readable one)."""
     results = []
     for label, model, batch in _model_batches(seed):
+        if fast and not _has_fast_path(model):
+            continue
         model.fast = fast
         _, grads = model.loss(*batch)
         reference = model.astype(REFERENCE_DTYPE)
@@ -464,6 +494,8 @@ def check_fast_equals_reference(seed: int = 0) -> list[EqualityResult]:
     for field, a, r in zip(("h", "W_vocab", "b_vocab"), g_fast, g_ref, strict=True):
         results.append(equal("words_loss", field, a, r, GRADIENT_EQUAL))
     for label, model, batch in _model_batches(seed):
+        if not _has_fast_path(model):
+            continue
         model.fast = False
         loss_ref, grads_ref = model.loss(*batch)
         model.fast = True
@@ -485,6 +517,7 @@ def all_checks() -> list[CheckResult | EqualityResult]:
         check_mse_loss,
         check_rnn_step,
         check_lstm_step,
+        check_gru_step,
     ):
         results += check()
     for fast in (False, True):
@@ -493,6 +526,8 @@ def all_checks() -> list[CheckResult | EqualityResult]:
             results += check_sequence(cell, fast)
             results += check_sequence(cell, fast, lengths=(6, 4, 4, 1, 0))  # variable lengths, longest first
         results += check_models(fast)
+    results += check_sequence("gru")  # the GRU has the readable loop only
+    results += check_sequence("gru", lengths=(6, 4, 4, 1, 0))
     results += check_fast_equals_reference()
     return results
 

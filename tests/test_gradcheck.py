@@ -26,6 +26,7 @@ STEP_CHECKS = [
     gradcheck.check_mse_loss,
     gradcheck.check_rnn_step,
     gradcheck.check_lstm_step,
+    gradcheck.check_gru_step,
 ]
 
 # Every model of the contract, as gradcheck labels it, with its parameter names.
@@ -35,6 +36,7 @@ MODEL_PARAMS = {
     "CaptionModel(rnn)": CAPTION_PARAMS,
     "LSTMLanguageModel": {"W_embed", "Wx", "Wh", "b", "W_vocab", "b_vocab"},
     "SequenceRegressor(lstm)": {"Wx", "Wh", "b", "W_out", "b_out"},
+    "SequenceRegressor(gru)": {"Wx", "Wh", "b", "b_hn", "W_out", "b_out"},
     "SequenceRegressor(rnn)": {"Wx", "Wh", "b", "W_out", "b_out"},
 }
 
@@ -84,14 +86,15 @@ def test_words_loss_gradients(fast, seed):
 @pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_model_gradients(fast, seed):
-    """The whole loss of every model (both caption cells, the language model from a carried state, both
-    regressors) against centred differences, every parameter."""
+    """The whole loss of every model (both caption cells, the language model from a carried state, the three
+    regressors) against centred differences, every parameter. The GRU has no fast path: it is checked once."""
     results = gradcheck.check_models(fast=fast, seed=seed)
     suffix = " [fast]" if fast else ""
     by_model: dict[str, set[str]] = {}
     for r in results:
         by_model.setdefault(r.function, set()).add(r.input)
-    assert by_model == {label + suffix: params for label, params in MODEL_PARAMS.items()}
+    expected = {label: params for label, params in MODEL_PARAMS.items() if not (fast and "gru" in label)}
+    assert by_model == {label + suffix: params for label, params in expected.items()}
     _assert_all_pass(results, SEQUENCE_MAX_REL)
 
 
@@ -169,8 +172,9 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert "FAIL" not in out
-    # 20 step-level + 2 × (3 words_loss + 22 sequence + 32 model) gradient checks, then 73 fast == reference lines.
-    assert lines[-1] == "207/207 checks passed"
+    # 26 step-level + 2 × (3 words_loss + 22 sequence + 32 model) + 6 GRU regressor + 12 GRU sequence gradient
+    # checks (the GRU has no fast path), then 73 fast == reference lines.
+    assert lines[-1] == "231/231 checks passed"
     assert sum("fast == reference" in line for line in lines) == 73
     parsed = [LINE.match(line) for line in lines[:-1]]
     assert all(parsed), "every line but the summary is one check"
@@ -179,6 +183,9 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
         "affine",
         "lstm_step",
         "rnn_step",
+        "gru_step",
+        "gru_forward/backward",
+        "gru_forward/backward (lengths)",
         "words_loss",
         "fast.words_loss",
         "rnn_forward/backward",
@@ -191,8 +198,8 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
         "fast.lstm_forward/backward (lengths)",
     ):
         assert name in functions, name
-    for label in MODEL_PARAMS:  # every model, on both paths
-        assert label in functions and f"{label} [fast]" in functions, label
+    for label in MODEL_PARAMS:  # every model, on both paths (the GRU on its only one)
+        assert label in functions and (f"{label} [fast]" in functions) == ("gru" not in label), label
     assert any(line.startswith("ok   CaptionModel(lstm) [fast]") for line in lines)
     assert any(
         " ".join(line.split()).startswith("ok lstm_forward/backward (lengths) dc0") and "fast == reference" in line
@@ -207,7 +214,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     monkeypatch.setattr(gradcheck, "check_affine", failing)
     assert cli_main(["gradcheck"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "204/207 checks passed — FAILED"
+    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "228/231 checks passed — FAILED"
 
 
 def test_cli_gradcheck_fails_when_fast_differs_from_reference(capsys, monkeypatch):

@@ -16,6 +16,7 @@ from minicap.gradcheck import NORM_REL, REFERENCE_DTYPE, SEQUENCE_MAX_REL, compa
 from minicap.models import SequenceModel, State
 from minicap.models.regressor import (
     ADDING_BASELINE_MSE,
+    CELLS,
     INITS,
     AddingProblem,
     SequenceRegressor,
@@ -112,7 +113,7 @@ def test_adding_problem_dataset_draws_fresh_reproducible_batches():
 
 
 @FAST
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("init", INITS)
 def test_regressor_gradients(cell, init, fast):
     x, y = adding_problem(3, 6, np.random.default_rng(1), dtype=np.float64)
@@ -121,7 +122,8 @@ def test_regressor_gradients(cell, init, fast):
     model.params["b"] += np.random.default_rng(3).standard_normal(model.params["b"].shape) * 0.3  # not just zeros
     model.params["b_out"] += 0.2
     _, grads = model.loss(x, y)
-    assert set(grads) == set(model.params) == {"Wx", "Wh", "b", "W_out", "b_out"}
+    gru_only = {"b_hn"} if cell == "gru" else set()
+    assert set(grads) == set(model.params) == {"Wx", "Wh", "b", "W_out", "b_out"} | gru_only
     reference = model.astype(REFERENCE_DTYPE)
     x_ref, y_ref = x.astype(REFERENCE_DTYPE), y.astype(REFERENCE_DTYPE)
     for name in sorted(model.params):
@@ -145,13 +147,15 @@ def test_regressor_dtype_shapes_and_errors(fast):
     with pytest.raises(ValueError, match="y must have shape"):
         model.loss(x, y[:3])
     with pytest.raises(ValueError, match="cell"):
-        SequenceRegressor(cell="gru")
+        SequenceRegressor(cell="transformer")
     with pytest.raises(ValueError, match="init"):
         SequenceRegressor(init="he")
     with pytest.raises(ValueError, match="RNN only"):
         model.spectral_radius()
-    with pytest.raises(ValueError, match="LSTM only"):
-        SequenceRegressor(cell="rnn").mean_forget_gate(x)
+    with pytest.raises(ValueError, match="LSTM and GRU only"):
+        SequenceRegressor(cell="rnn").mean_keep_gate(x)
+    with pytest.raises(ValueError, match="RNN only"):
+        SequenceRegressor(cell="gru").rms_tanh_derivative(x)
 
 
 def test_config_round_trip_and_seeded_init():
@@ -169,7 +173,7 @@ def test_config_round_trip_and_seeded_init():
 
 
 @FAST
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_steps_reproduce_predict_and_loss(cell, fast):
     """The model contract: initial_state(N) then step(x_t, state) once per input step ends with the prediction
     `predict` and `loss` compute over the whole sequence."""
@@ -178,7 +182,7 @@ def test_steps_reproduce_predict_and_loss(cell, fast):
     model.fast = fast
     state = model.initial_state(4)
     assert isinstance(state, State) and state.h.shape == (4, 6) and np.all(state.h == 0.0)
-    assert (state.c is None) == (cell == "rnn")
+    assert (state.c is None) == (cell != "lstm")
     for t in range(x.shape[1]):
         pred, state = model.step(x[:, t], state)
         assert pred.shape == (4,)
@@ -189,14 +193,14 @@ def test_steps_reproduce_predict_and_loss(cell, fast):
     assert loss_only == loss and no_grads == {} and set(grads) == set(model.params)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_state_gradient_norms_match_bptt(cell):
     """Row k is ‖∂L_n/∂h_{T−k}‖: row 0 is the readout's gradient, row T the gradient reaching h0 in BPTT."""
     x, y = adding_problem(5, 12, np.random.default_rng(4), dtype=np.float64)
     model = SequenceRegressor(hidden_size=7, cell=cell, init="xavier", dtype=np.float64, seed=1)
     norms = model.state_gradient_norms(x, y)
     assert norms.h.shape == (13, 5)
-    assert (norms.c is None) == (cell == "rnn")
+    assert (norms.c is None) == (cell != "lstm")
 
     residual = model.predict(x) - y
     np.testing.assert_allclose(norms.h[0], np.abs(2 * residual) * np.linalg.norm(model.params["W_out"]), rtol=1e-12)
@@ -205,13 +209,11 @@ def test_state_gradient_norms_match_bptt(cell):
     p, N = model.params, len(x)
     h0 = np.zeros((N, 7))
     _, grads = model.loss(x, y)
-    if cell == "lstm":
-        _, cache = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
-    else:
-        _, cache = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    extra = (p["b_hn"],) if cell == "gru" else ()
+    _, cache = getattr(nn, f"{cell}_forward")(x, h0, p["Wx"], p["Wh"], p["b"], *extra)
     dh = np.zeros((N, 12, 7))
     dh[:, -1] = (2 * residual / N)[:, None] * p["W_out"][:, 0]
-    dh0 = (nn.lstm_backward if cell == "lstm" else nn.rnn_backward)(dh, cache).dh0
+    dh0 = getattr(nn, f"{cell}_backward")(dh, cache).dh0
     np.testing.assert_allclose(norms.h[12], N * np.linalg.norm(dh0, axis=1), rtol=1e-10)
 
 
@@ -233,15 +235,19 @@ def test_spectrum_and_gates_at_initialisation():
     x, _ = adding_problem(4, 10, np.random.default_rng(0))
     assert 0.0 < uniform.mean_tanh_derivative(x) <= 1.0
 
-    # With no input and h0 = c0 = 0 the state stays 0, so every forget gate is exactly σ(forget bias).
+    assert uniform.rms_tanh_derivative(x) >= uniform.mean_tanh_derivative(x)  # RMS ≥ mean, always
+
+    # With no input and h0 = c0 = 0 the state stays 0, so every keep gate is exactly σ(forget bias): the LSTM's
+    # forget gate f, and the GRU's 1 − z (its update gate's bias starts at −forget_bias).
     zeros = np.zeros((3, 10, 2), dtype=np.float32)
-    for bias in (1.0, 3.0):
-        lstm = SequenceRegressor(hidden_size=8, cell="lstm", forget_bias=bias)
-        assert lstm.mean_forget_gate(zeros) == pytest.approx(1 / (1 + np.exp(-bias)), rel=1e-6)
-        assert lstm.mean_forget_gate(zeros, per_unit=True).shape == (8,)
+    for cell in ("lstm", "gru"):
+        for bias in (1.0, 3.0):
+            model = SequenceRegressor(hidden_size=8, cell=cell, forget_bias=bias)
+            assert model.mean_keep_gate(zeros) == pytest.approx(1 / (1 + np.exp(-bias)), rel=1e-6)
+            assert model.mean_keep_gate(zeros, per_unit=True).shape == (8,)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_trajectory_matches_the_step_functions(cell):
     """trajectory() is batch-major and equals running the one-step functions by hand."""
     x, _ = adding_problem(3, 7, np.random.default_rng(6), dtype=np.float64)
@@ -253,12 +259,44 @@ def test_trajectory_matches_the_step_functions(cell):
         if cell == "lstm":
             h, c, step = nn.lstm_step_forward(x[:, t], h, c, p["Wx"], p["Wh"], p["b"])
             np.testing.assert_allclose(traj.c[:, t], c, rtol=1e-12, atol=1e-15)
-            np.testing.assert_allclose(traj.f[:, t], step.f, rtol=1e-12)
+            np.testing.assert_allclose(traj.keep[:, t], step.f, rtol=1e-12)
+            np.testing.assert_allclose(traj.write[:, t], step.i, rtol=1e-12)
+        elif cell == "gru":
+            h, step = nn.gru_step_forward(x[:, t], h, p["Wx"], p["Wh"], p["b"], p["b_hn"])
+            np.testing.assert_allclose(traj.keep[:, t], 1.0 - step.z, rtol=1e-12)
+            np.testing.assert_allclose(traj.write[:, t], step.z, rtol=1e-12)
         else:
             h, _ = nn.rnn_step_forward(x[:, t], h, p["Wx"], p["Wh"], p["b"])
         np.testing.assert_allclose(traj.h[:, t], h, rtol=1e-12, atol=1e-15)
     assert traj.h.shape == (3, 7, 5)
-    assert (traj.c is None and traj.f is None) == (cell == "rnn")
+    assert (traj.c is None) == (cell != "lstm") and (traj.keep is None and traj.write is None) == (cell == "rnn")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_recurrent_gradient_by_distance_adds_up_to_the_gradient(cell):
+    """∂L/∂Wh is a sum over the steps: the per-step terms, by distance from the end, add up to loss()'s dWh; the
+    last step's term is h_{T−1}ᵀ da_T, and with a vanishing gradient the far terms are tiny."""
+    x, y = adding_problem(6, 15, np.random.default_rng(8), dtype=np.float64)
+    model = SequenceRegressor(hidden_size=5, cell=cell, init="uniform", dtype=np.float64, seed=4)
+    terms = model.recurrent_gradient_by_distance(x, y)
+    assert terms.shape == (15, *model.params["Wh"].shape) and terms.dtype == np.float64
+    np.testing.assert_allclose(terms.sum(axis=0), model.loss(x, y)[1]["Wh"], rtol=1e-10, atol=1e-15)
+    norms = np.linalg.norm(terms, axis=(1, 2))
+    assert norms[-1] < norms[:3].max()  # the step 15 back contributes less than the last ones
+    float32 = SequenceRegressor(hidden_size=5, cell=cell, init="uniform", seed=4)  # float32 in, float64 out
+    np.testing.assert_allclose(float32.recurrent_gradient_by_distance(x, y), terms, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_input_sensitivity_is_the_derivative_of_the_prediction(cell):
+    x, _ = adding_problem(3, 8, np.random.default_rng(9), dtype=np.float64)
+    model = SequenceRegressor(hidden_size=5, cell=cell, init="xavier", dtype=np.float64, seed=5)
+    sens = model.input_sensitivity(x)
+    assert sens.shape == x.shape
+    x_ref = x.astype(REFERENCE_DTYPE)
+    reference = model.astype(REFERENCE_DTYPE)
+    numeric = numerical_gradient(lambda: np.sum(reference.predict(x_ref)), x_ref)  # predictions are independent
+    np.testing.assert_allclose(sens, numeric, rtol=1e-6, atol=1e-10)
 
 
 def test_fit_decay_factor_recovers_a_geometric_decay():

@@ -5,6 +5,7 @@ Read in this order:
     layers.py  affine, word embedding, temporal affine, masked softmax loss, MSE loss, stable sigmoid
     rnn.py     vanilla tanh RNN: one step forward/backward; a whole sequence as a loop over the step (BPTT)
     lstm.py    LSTM: one step forward/backward; a whole sequence as a loop over the step (BPTT); truncated BPTT
+    gru.py     GRU: one step forward/backward; a whole sequence as a loop over the step (BPTT)
     fast.py    the same sequence functions made fast (one GEMM for all inputs, buffers, packed lengths);
                `from minicap.nn import fast` then `fast.lstm_forward(...)` — proven equal to the loops above
 
@@ -13,6 +14,17 @@ This package imports nothing else from minicap.
 """
 
 from minicap.nn import fast
+from minicap.nn.gru import (
+    GRUCache,
+    GRUGrads,
+    GRUStepCache,
+    gru_backward,
+    gru_forward,
+    gru_state_gradients,
+    gru_step_backward,
+    gru_step_forward,
+    gru_weights_from_torch_order,
+)
 from minicap.nn.layers import (
     AffineCache,
     EmbeddingCache,
@@ -72,6 +84,15 @@ __all__ = [
     "word_embedding_backward",
     "word_embedding_forward",
     "words_loss",
+    "GRUCache",
+    "GRUGrads",
+    "GRUStepCache",
+    "gru_backward",
+    "gru_forward",
+    "gru_state_gradients",
+    "gru_step_backward",
+    "gru_step_forward",
+    "gru_weights_from_torch_order",
     "LSTMCache",
     "LSTMGrads",
     "LSTMStepCache",
