@@ -14,7 +14,8 @@ back from the loss has been multiplied k times by the step Jacobian:
 If Wh stretches vectors — spectral radius ρ(Wh) > 1 — the product can grow geometrically with k. Here Wh is a random
 orthogonal matrix times ρ (every eigenvalue then has modulus exactly ρ), on the adding problem (T = 50 for this
 part). The tanh′ = 1 − h² factors fight back: with ρ > 1 the hidden units are pushed into saturation, where tanh′
-is small, so the growth per step is well below ρ — but it is still growth, compounded over 50 steps.
+is small, so the growth per step is well below ρ — but it is still growth, compounded over 50 steps (fastest over
+the last few k, the first steps of the sequence, where the state is still small and unsaturated).
 
 WHICH AVERAGE OF tanh′? Lesson 01 estimates the per-step factor as λ ≈ ρ(Wh) · mean tanh′, and at ρ ≤ 1 that works
 to about 1%. Here it fails: at ρ = 1.5 and 2 it predicts a slight DECAY (0.99) where the gradient grows. The mean of a
@@ -34,7 +35,8 @@ ALL gradients together, n = √(Σ_k ‖g_k‖²), and when n > max_norm rescale
 direction is kept, the step is capped at lr · max_norm. How often it acts depends on the threshold against the
 TYPICAL gradient norm, and the script measures it (the "clipped" column):
   - threshold well above the typical norm (here max_norm = 5; the median norm is ~1.5): clipping touches only the
-    rare spikes (1–2% of the updates) and leaves plain SGD everywhere else;
+    rare spikes (1–2% of the updates over the full run's 3,000; more of the first few hundred) and leaves plain
+    SGD everywhere else;
   - threshold below the typical norm (max_norm = 1): nearly every update is clipped, and the method is no longer SGD
     with a safety net but NORMALISED gradient descent, θ ← θ − lr · max_norm · g/‖g‖: a step of fixed length along
     the gradient's direction. (That is what happened in earlier versions of this lesson at T = 50, where the ρ = 2
