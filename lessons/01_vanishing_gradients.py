@@ -552,9 +552,11 @@ def far_share(model: SequenceRegressor, x: np.ndarray, y: np.ndarray) -> np.ndar
 
 
 def memory_unit(model: SequenceRegressor, x: np.ndarray) -> dict:
-    """The gated model's memory unit — the one that keeps most (mean keep gate) AND writes selectively (write gate at
-    marked steps minus elsewhere), by the product of the two — with its gates and state along one probe sequence
-    whose markers are well inside their halves, and its write gate at marked vs unmarked steps over all probes."""
+    """The gated model's memory unit: the unit that best does all three things a memory must — write at the marks
+    (write gate at marked steps minus elsewhere), keep in between (mean keep gate between the two marks), and end
+    up holding the first value (|correlation| of its final cell c_T, or the GRU's state h_T, with the first marked
+    value over the probes) — by the product of the three. Returns its gates and memory along one probe sequence
+    whose markers are well inside their halves, and the three numbers over all probes."""
     T_ = x.shape[1]
     first, second = markers_of(x)
     inside = np.flatnonzero(
@@ -564,11 +566,18 @@ def memory_unit(model: SequenceRegressor, x: np.ndarray) -> dict:
     traj = model.trajectory(x)
     assert traj.keep is not None and traj.write is not None
     marked = x[:, :, 1] > 0
-    writes = traj.write.astype(np.float64)
-    selectivity = writes[marked].mean(axis=0) - writes[~marked].mean(axis=0)  # (H,)
-    unit = int(np.argmax(traj.keep.mean(axis=(0, 1)) * selectivity))
-    write = writes[:, :, unit]
     state = traj.c if traj.c is not None else traj.h
+    final = state[:, -1, :].astype(np.float64)  # (N, H)
+    u_first = x[np.arange(len(x)), first, 0]
+    fc, uc = final - final.mean(axis=0), u_first - u_first.mean()
+    corr = (fc * uc[:, None]).mean(axis=0) / (fc.std(axis=0) * uc.std() + 1e-12)  # (H,) Pearson correlation
+    writes, keeps = traj.write.astype(np.float64), traj.keep.astype(np.float64)
+    steps = np.arange(T_)[None, :]
+    holding = (steps > first[:, None]) & (steps < second[:, None])  # (N, T): after the first mark, before the second
+    selectivity = writes[marked].mean(axis=0) - writes[~marked].mean(axis=0)  # (H,)
+    keep_between = keeps[holding].mean(axis=0)  # (H,)
+    unit = int(np.argmax(np.maximum(selectivity, 0) * keep_between * np.abs(corr)))
+    write = writes[:, :, unit]
     return {
         "unit": unit,
         "sequence": n,
@@ -578,6 +587,8 @@ def memory_unit(model: SequenceRegressor, x: np.ndarray) -> dict:
         "state_name": "its cell c_t" if traj.c is not None else "its state h_t",
         "markers": [int(first[n]), int(second[n])],
         "values": [float(x[n, first[n], 0]), float(x[n, second[n], 0])],
+        "correlation": float(corr[unit]),
+        "keep_between_marks": float(keep_between[unit]),
         "write_at_markers": float(write[marked].mean()),
         "write_elsewhere": float(write[~marked].mean()),
     }
@@ -621,9 +632,11 @@ for label in ("LSTM", "GRU"):
     memories[label] = memory_unit(runs[(T, label)][0], x_probe)
     mem = memories[label]
     print(
-        f"   {label} memory unit {mem['unit']}: keep gate {m['keep_per_unit'][mem['unit']]:.3f} on average; write gate"
-        f" {mem['write_at_markers']:.3f} at marked steps, {mem['write_elsewhere']:.3f} elsewhere;"
-        f" units with mean keep > 0.9: {int((m['keep_per_unit'] > 0.9).sum())}/{H} (mean keep {m['mean_keep']:.3f})"
+        f"   {label} memory unit {mem['unit']} (its final {'cell' if label == 'LSTM' else 'state'} follows the first"
+        f" marked value: correlation {mem['correlation']:+.2f}): keep gate {mem['keep_between_marks']:.3f} between the"
+        f" marks; write gate {mem['write_at_markers']:.3f} at marked steps, {mem['write_elsewhere']:.3f} elsewhere."
+        f"\n      Units with mean keep gate > 0.9: {int((m['keep_per_unit'] > 0.9).sum())}/{H}"
+        f" (mean over all units {m['mean_keep']:.3f})"
     )
 for label in ("RNN", "RNN orthogonal"):
     m = trained[label]
