@@ -98,8 +98,9 @@ cells solve the task. Vanishing gradients do not explain that. Two measurements 
 
 - ∂L/∂Wh is a SUM over the time steps, Σ_t h_{t−1}ᵀ da_t. `SequenceRegressor.recurrent_gradient_by_distance`
   splits it by distance k; the script prints the share of it that comes from more than T/2 steps back, where the
-  first marked value entered. Reaching far back is not enough: the far terms must also be a noticeable part of the
-  sum, or the update of Wh is decided by the last few steps.
+  first marked value entered, at initialisation and after training. At initialisation the far terms are a sliver
+  of the sum for every model — the update of Wh is decided by the last few steps — but after training they are a
+  large part of it for the orthogonal RNN as for the LSTM. The failure is not there either.
 - Storing a value needs a gate. A plain RNN writes EVERY input into its state through the same weights: the
   weights that must write the marked value in must also keep the ~T unmarked values out (Hochreiter's "input
   weight conflict", 1997). The LSTM multiplies what it writes by its input gate i_t = σ(…) (the GRU by z_t), which
@@ -722,8 +723,8 @@ for T_ in cfg["lengths"]:
 headline += [
     f"After training at T = {T} the orthogonal RNN's gradient still reaches back ({orth['relative_k50']:.1e} of it 50"
     f" steps back; the LSTM's {lstm_t['relative_k50']:.1e}); the terms from more than {T // 2} steps back make up"
-    f" {orth['far_share']:.1%} of its ∂L/∂Wh ({orth['far_share_at_init']:.1%} at init; the LSTM's"
-    f" {lstm_t['far_share']:.1%}, {lstm_t['far_share_at_init']:.1%} at init).",
+    f" {orth['far_share']:.1%} of its ∂L/∂Wh ({orth['far_share_at_init']:.2%} at init; the LSTM's"
+    f" {lstm_t['far_share']:.1%}, {lstm_t['far_share_at_init']:.2%} at init).",
     f"But it does not store the value: its answer moves {orth_s['first_marker']:.3f} per unit of the first marked"
     f" value and {orth_s['unmarked']:.3f} per unmarked one (the LSTM's: {lstm_s['first_marker']:.3f} and"
     f" {lstm_s['unmarked']:.4f}, its memory unit writing with gate {memories['LSTM']['write_at_markers']:.2f} at the"
