@@ -567,11 +567,12 @@ def plot_why_rnn_fails(
     ax_share.grid(True, alpha=0.3)
     ax_share.legend(fontsize=8)
     for label, sens in sensitivity.items():
-        ax_sens.semilogy(np.arange(1, len(sens) + 1), np.abs(sens), color=_CELL_COLOURS.get(label), label=label)
+        ax_sens.plot(np.arange(1, len(sens) + 1), np.abs(sens), color=_CELL_COLOURS.get(label), label=label)
     for t in markers:
         ax_sens.axvline(t + 1, color="gray", ls=":", lw=1)
     ax_sens.set_xlabel("step t (dotted: the two marked steps)")
     ax_sens.set_ylabel("|∂prediction / ∂u_t|")
+    ax_sens.set_ylim(-0.02, 1.1)
     ax_sens.set_title(
         "how much each input moves the answer (one sequence)\nsolved: 1 at the two marks, 0 elsewhere", fontsize=10
     )
