@@ -44,8 +44,8 @@ TYPICAL gradient norm, and the script measures it (the "clipped" column):
 Both let the network LEARN here, not only stay finite: they end well below the 1/6 of predicting the mean.
 
 WHY THE TRAINING USES T = 10. At T = 50 a vanilla RNN does not learn the adding problem with SGD in a few thousand
-updates, clipped or not (and lesson 01 shows it barely does with Adam: the LSTM and the GRU are the models for long
-lags, trained there at T = 50 and 100). At T = 10 the task is within the RNN's reach while ρ = 2 still makes
+updates, clipped or not (with Adam, lesson 01's orthogonally initialised RNN gets to MSE 0.016 at T = 50 in 3,000
+updates without solving it, and nowhere at T = 100: the LSTM and the GRU are the models for long lags). At T = 10 the task is within the RNN's reach while ρ = 2 still makes
 plain SGD diverge within ~50–80 updates, so the comparison shows what clipping is for.
 
 4. WHY ADAM HIDES MOST OF THE DAMAGE. Adam's update is lr · m̂ / (√v̂ + ε): each parameter's step is its gradient
