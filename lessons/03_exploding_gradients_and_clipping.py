@@ -45,8 +45,9 @@ Both let the network LEARN here, not only stay finite: they end well below the 1
 
 WHY THE TRAINING USES T = 10. At T = 50 a vanilla RNN does not learn the adding problem with SGD in a few thousand
 updates, clipped or not (with Adam, lesson 01's orthogonally initialised RNN gets to MSE 0.016 at T = 50 in 3,000
-updates without solving it, and nowhere at T = 100: the LSTM and the GRU are the models for long lags). At T = 10 the task is within the RNN's reach while ρ = 2 still makes
-plain SGD diverge within ~50–80 updates, so the comparison shows what clipping is for.
+updates without solving it, and nowhere at T = 100: the LSTM and the GRU are the models for long lags). At T = 10
+the task is within the RNN's reach while ρ = 2 still makes plain SGD diverge within ~50–80 updates, so the
+comparison shows what clipping is for.
 
 4. WHY ADAM HIDES MOST OF THE DAMAGE. Adam's update is lr · m̂ / (√v̂ + ε): each parameter's step is its gradient
 DIVIDED by a running estimate of its own scale. Multiply every gradient by 1000 and both m̂ and √v̂ grow 1000×: the
