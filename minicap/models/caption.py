@@ -50,6 +50,10 @@ class CaptionModel(SequenceModel):
         log p(word) (`log_frequency_bias`), so the untrained model already predicts the unigram distribution.
     """
 
+    # On the fast path the LSTM runs packed (`_loss_packed`); False keeps the fast functions' (N, T, ·) interface,
+    # for benchmarks/bench_train_step.py --reference to measure what packing buys.
+    packed: bool = True
+
     def __init__(
         self,
         vocab_size: int,
@@ -188,6 +192,8 @@ class CaptionModel(SequenceModel):
         order = np.argsort(-lengths, kind="stable")
         features, captions, mask, lengths = features[order], captions[order], mask[order], lengths[order]
         words_in, targets = captions[:, :-1], captions[:, 1:]
+        if self.fast and self.packed and self.cell == "lstm":
+            return self._loss_packed(features, words_in, targets, mask, lengths, backward)
 
         # Forward: image -> h0; words -> vectors; recurrence; scores and loss (Σ cross-entropy / N).
         h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
@@ -208,6 +214,52 @@ class CaptionModel(SequenceModel):
         else:
             dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = seq.rnn_backward(dh, rec_cache)
         grads["W_embed"] = nn.word_embedding_backward(dx, embed_cache)
+        _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
+        return loss, grads
+
+    def _loss_packed(
+        self,
+        features: np.ndarray,
+        words_in: np.ndarray,
+        targets: np.ndarray,
+        mask: np.ndarray,
+        lengths: np.ndarray,
+        backward: bool,
+    ) -> tuple[np.floating, dict[str, np.ndarray]]:
+        """`loss` on the fast path for the LSTM (`self.fast`): the same numbers, every array packed (only the
+        positions up to each caption's end, time-major: `nn.fast.pack`), temporaries in a workspace kept from
+        step to step. The batch arrives sorted longest first."""
+        p, fast = self.params, nn.fast
+        N, T = words_in.shape
+        if getattr(self, "_workspace", None) is None:
+            self._workspace = fast.Workspace()
+        ws, pool = self._workspace, fast.shared_pool()
+        packing = fast.pack(lengths, T)
+        words = words_in.reshape(N * T)[packing.index]  # (K,) the words read at the packed positions
+        counted = mask.reshape(N * T)[packing.index]  # (K,) all True unless a caption has a hole
+        weights = np.where(counted, self.dtype.type(1.0 / N), self.dtype.type(0.0))
+
+        h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
+        x, embed_cache = nn.word_embedding_forward(words[None, :], p["W_embed"])  # (1, K, W)
+        h, rec_cache = fast.lstm_forward_packed(x[0], h0, p["Wx"], p["Wh"], p["b"], packing, workspace=ws, pool=pool)
+        loss, vocab_grads = fast.words_loss_packed(
+            h,
+            targets.reshape(N * T)[packing.index],
+            weights,
+            p["W_vocab"],
+            p["b_vocab"],
+            backward,
+            workspace=ws,
+            pool=pool,
+        )
+        if vocab_grads is None:
+            return loss, {}
+        grads: dict[str, np.ndarray] = {}
+        dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = fast.lstm_backward_packed(
+            dh, rec_cache, workspace=ws, pool=pool
+        )
+        grads["W_embed"] = nn.word_embedding_backward(dx[None], embed_cache)
         _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
         return loss, grads
 
