@@ -61,6 +61,7 @@ __all__ = [
     "blas_threads",
     "shared_pool",
     "set_threads",
+    "sigmoid_by_tanh",
     "PackedLSTMCache",
     "lstm_forward_packed",
     "lstm_backward_packed",
@@ -464,7 +465,20 @@ def blas_threads() -> int:
     return os.cpu_count() or 1
 
 
+def sigmoid_by_tanh(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """σ(x) = ½ tanh(½ x) + ½: the same function as `sigmoid` (which clamps, then computes 1 / (1 + e^(−x))), in
+    four passes instead of five and without overflow for any x (tanh saturates at ±1). NumPy's float32 tanh is
+    vectorised on this machine (AVX-512): measured about 2× faster than `sigmoid` on a (128, 1536) gate block."""
+    np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
+
+
 _SERIAL = RowPool(1)
+_DB_BY_GEMV = True  # words_loss_packed's db as 1ᵀ dscores (False: dscores.sum(axis=0))
+_gate_sigmoid = sigmoid_by_tanh  # the packed LSTM's σ (benchmarks may swap in `sigmoid` to measure it)
 _shared: list[RowPool] = []
 
 
@@ -539,7 +553,7 @@ def lstm_forward_packed(
         def gate_maths(lo: int, hi: int, r0: int = r0, c_prev: np.ndarray = c_prev) -> None:
             a = gates[r0 + lo : r0 + hi]  # activated in place, so the buffer IS the cache
             a += recurrent[lo:hi]  # a = x_t Wx + b + h_{t−1} Wh
-            sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])  # i, f, o
+            _gate_sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])  # i, f, o
             np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])  # g
             i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
             c_t, tanh_c_t = c[r0 + lo : r0 + hi], tanh_c[r0 + lo : r0 + hi]
@@ -667,4 +681,10 @@ def words_loss_packed(
         return loss, None
     dh = ws.get("dh", (K, H), dtype)
     np.matmul(scores, W_vocab.T, out=dh)
-    return loss, (dh, h.T @ scores, scores.sum(axis=0))
+    if _DB_BY_GEMV:  # db = 1ᵀ dscores: a matrix-vector product, on the BLAS threads
+        ones = ws.get("ones", (K,), dtype)
+        ones[:] = 1.0
+        db = ones @ scores
+    else:
+        db = scores.sum(axis=0)
+    return loss, (dh, h.T @ scores, db)
