@@ -4,11 +4,11 @@ and padded recipes: each framework in a subprocess of its own, so one's memory n
     python benchmarks/bench_memory.py [--vocab 10000] [--steps 3] [--threads 2]
 
 The step is bench_train_step.py's (N=128, T=16, W=256, H=512, F=1280, float32, the same batches). In each
-subprocess: build the model, the optimiser and the batch, read the resident set size (RSS, /proc/self/status), reset
-the peak (/proc/self/clear_refs), run `--steps` steps, read the peak RSS (VmHWM) — "step memory" = peak − RSS before the first step: what training adds on
-top of the parameters, their optimiser state (Adam's m, v are created by the first step, so they count here: 2 × the
-parameters) and the framework itself. For minicap, tracemalloc's peak of the steps too (NumPy reports its
-allocations to it; PyTorch's are invisible to it). The last line is one JSON object.
+subprocess: build the model, the optimiser and the batch, read the resident set size (RSS, /proc/self/status),
+reset the peak (/proc/self/clear_refs), run `--steps` steps, read the peak RSS (VmHWM). "The steps add" = peak −
+RSS before the first step: what training adds on top of the parameters and the framework itself (Adam's m and v
+are created by the first step, so they count: 2 × the parameters, 80 MB here). For minicap, tracemalloc's peak of
+the steps too (NumPy reports its allocations to it; PyTorch's are invisible to it). The last line is one JSON object.
 """
 
 from __future__ import annotations
