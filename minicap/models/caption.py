@@ -285,5 +285,6 @@ class CaptionModel(SequenceModel):
         else:
             h, _ = nn.rnn_step_forward(x, state.h, p["Wx"], p["Wh"], p["b"])
             c = None
-        logits = h @ p["W_vocab"] + p["b_vocab"]
+        logits = h @ p["W_vocab"]
+        logits += p["b_vocab"]  # in place: one (N, V) array, not two
         return logits, State(h, c)
