@@ -483,9 +483,12 @@ _shared: list[RowPool] = []
 
 
 def shared_pool() -> RowPool:
-    """The process's elementwise pool, created on first use with `blas_threads()` threads (see `set_threads`)."""
+    """The elementwise pool the caption model's fast path uses: OFF (one thread, no pool) unless `set_threads`
+    turned it on, e.g. `set_threads(blas_threads())`. Measured with 2 threads on the 2-core machine: 0.98–1.00×
+    the single-threaded step at every benchmark setting (see README "Speed") — after each matrix product
+    OpenBLAS's worker thread busy-waits on the second core, so the pool's thread finds no free core."""
     if not _shared:
-        _shared.append(RowPool(blas_threads()))
+        _shared.append(RowPool(1))
     return _shared[0]
 
 
