@@ -31,8 +31,9 @@ The last line is one JSON object with all figures.
 With --reference (instead of the above): minicap against itself on the same batches, float32, medians of
 interleaved repeats, ms per call and ratios from the same run:
 - the training step's loss + grads (`CaptionModel.loss`, no optimiser) with model.fast = False (the readable
-  loops of minicap.nn) and model.fast = True (minicap.nn.fast), and ratio readable / fast; in the same repeats
-  two fast steps with one trick switched off: the vocabulary loss of the readable path (`nn.words_loss`, every
+  loops of minicap.nn) and model.fast = True (minicap.nn.fast, the LSTM packed end to end), and ratio readable /
+  fast; in the same repeats the fast step not packed (model.packed = False: nn.fast's (N, T, ·) functions) and two
+  such unpacked steps with one more trick switched off: the vocabulary loss of the readable path (`nn.words_loss`, every
   position scored: trick 6 off) and, on COCO-length batches, the recurrence without `lengths` (every caption
   runs all T steps, the weight products take every row: trick 5 off);
 - the pieces alone at the same size: nn.lstm_forward + nn.lstm_backward against nn.fast's (and the same for
@@ -207,9 +208,11 @@ def summarise(times: list[float]) -> dict[str, float]:
 class _StepWith(CaptionModel):
     """A CaptionModel that runs the sequence functions of `module` (for one trick of nn.fast switched off)."""
 
-    def __init__(self, like: CaptionModel, module: types.SimpleNamespace) -> None:
+    def __init__(self, like: CaptionModel, module: types.SimpleNamespace | None) -> None:
         self.__dict__.update(like.__dict__)  # the same configuration and the SAME parameter arrays
-        self._module = module
+        self._module = nn.fast if module is None else module
+        self.packed = False  # the (N, T, ·) fast functions, with one trick switched off
+        self._workspace = None
 
     @property
     def sequence(self) -> types.SimpleNamespace:
@@ -331,7 +334,12 @@ def loss_step_fns(V: int, kind: str) -> tuple[dict, float]:
         abs(float(loss_r) - float(loss_f)) / abs(float(loss_r)),
         *(float(np.abs(grads_r[k] - grads_f[k]).max() / (np.abs(grads_r[k]).max() + 1e-30)) for k in grads_r),
     )
-    models = {"readable": readable, "fast": fast, "fast, readable words_loss": _StepWith(fast, FAST_WITH_READABLE_LOSS)}
+    models = {
+        "readable": readable,
+        "fast": fast,
+        "fast, not packed": _StepWith(fast, None),  # nn.fast's (N, T, ·) functions: what packing buys
+        "fast, readable words_loss": _StepWith(fast, FAST_WITH_READABLE_LOSS),
+    }
     if kind == "coco":  # with every caption 16 long, lengths change nothing
         models["fast, no lengths"] = _StepWith(fast, FAST_WITHOUT_LENGTHS)
     return {name: (lambda m=m: m.loss(features, captions)) for name, m in models.items()}, diff
