@@ -26,9 +26,32 @@ have COCO's caption lengths, "full" ones no padding):
 6. The vocabulary loss scores only the positions that count (`words_loss`), writing its gradient over the scores.
    Measured: 1.05× (V=1000) and 1.46× (V=10000) on a whole training step with COCO lengths.
 
-All together, a whole training step (`CaptionModel.loss`, fast vs readable) is 1.45× (V=1000) and 1.67× (V=10000)
-faster on COCO-length batches, 1.13× and 1.16× on full-length ones; the LSTM forward + backward alone 1.52× (coco)
-and 1.22× (full), the RNN's 1.59× and 1.40×.
+The caption model's LSTM step goes further (`pack` … `words_loss_packed`, used by `CaptionModel.loss` when
+model.fast). Measured as whole training steps (loss + clip + Adam), each idea switched off alone, interleaved, on
+the idle 2-core machine (load < 2 under the shared lock; N=128, T=16, W=256, H=512, F=1280, float32, 2 BLAS
+threads; V=1000 / 10000, COCO-length / full batches; raw outputs and commands in the README's "Speed"):
+
+7. Packed end to end: every array of the step holds only the K positions that run, time-major — the input GEMM,
+   the gates, h, the vocabulary loss, dx and the weight gradients — so nothing is transposed, gathered, scattered
+   or zero-filled between the pieces, and no product touches padding. Measured with 8: 1.25× (V=1000 coco) and
+   1.13× (full) over the unpacked fast path; 1.12× and 1.07× at V=10000.
+8. A `Workspace` of arrays reused from step to step: 0 minor page faults per step instead of 3,000–4,500.
+   Measured: 1.06–1.13× (every setting).
+9. The vocabulary loss's arithmetic (+ b, log-softmax, loss, its gradient) in blocks of ~1 MB of scores, so all
+   passes but the first run in cache; the three products stay ONE GEMM each over all K rows (blocks of 26 rows
+   for the products too measured 0.70–0.73× at V=10000: small products are slow). Measured: 1.04–1.05× at
+   V=10000, 1.01–1.02× at V=1000.
+10. σ(x) = ½ tanh(½x) + ½ for the gates (`sigmoid_by_tanh`): NumPy's float32 tanh is vectorised here, about 2×
+    faster than the clamped 1 / (1 + e^(−x)) on a gate block.
+11. db_vocab = 1ᵀ dscores as one matrix-vector product (BLAS threads) instead of a column sum.
+(10 and 11, and Adam in cache-sized pieces (`minicap.optim.Adam.chunk`), are measured in the README's "Speed".)
+Tried and left off: the gate and softmax arithmetic split by rows over a thread pool (`RowPool`, sized by the
+BLAS thread count) measured 0.98–1.00× with 2 threads — OpenBLAS's worker busy-waits on the second core after
+every product — so `shared_pool()` is one thread unless `set_threads` asks for more.
+
+Before those (tricks 1–6 only), a whole training step (`CaptionModel.loss`, fast vs readable) was 1.45× (V=1000)
+and 1.67× (V=10000) faster on COCO-length batches, 1.13× and 1.16× on full-length ones; the LSTM forward +
+backward alone 1.52× (coco) and 1.22× (full), the RNN's 1.59× and 1.40×.
 """
 
 from __future__ import annotations
