@@ -42,12 +42,15 @@ threads; V=1000 / 10000, COCO-length / full batches; raw outputs and commands in
    for the products too measured 0.70–0.73× at V=10000: small products are slow). Measured: 1.04–1.05× at
    V=10000, 1.01–1.02× at V=1000.
 10. σ(x) = ½ tanh(½x) + ½ for the gates (`sigmoid_by_tanh`): NumPy's float32 tanh is vectorised here, about 2×
-    faster than the clamped 1 / (1 + e^(−x)) on a gate block.
-11. db_vocab = 1ᵀ dscores as one matrix-vector product (BLAS threads) instead of a column sum.
-(10 and 11, and Adam in cache-sized pieces (`minicap.optim.Adam.chunk`), are measured in the README's "Speed".)
+    faster than the clamped 1 / (1 + e^(−x)) on a gate block. Measured: 1.01–1.02× (every setting).
+11. db_vocab = 1ᵀ dscores as one matrix-vector product (BLAS threads) instead of a column sum. Measured: 1.02×
+    at V=10000, 1.00× at V=1000.
+(And outside this file, Adam in cache-sized pieces, `minicap.optim.Adam.chunk`: 1.02× at V=1000, 1.03–1.06× at
+V=10000.)
 Tried and left off: the gate and softmax arithmetic split by rows over a thread pool (`RowPool`, sized by the
 BLAS thread count) measured 0.98–1.00× with 2 threads — OpenBLAS's worker busy-waits on the second core after
-every product — so `shared_pool()` is one thread unless `set_threads` asks for more.
+every product (with OPENBLAS_THREAD_TIMEOUT=4, which makes it sleep almost at once, the pool measured 1.03×;
+a library should not retune the process's BLAS) — so `shared_pool()` is one thread unless `set_threads` asks.
 
 Before those (tricks 1–6 only), a whole training step (`CaptionModel.loss`, fast vs readable) was 1.45× (V=1000)
 and 1.67× (V=10000) faster on COCO-length batches, 1.13× and 1.16× on full-length ones; the LSTM forward +
@@ -509,7 +512,8 @@ def shared_pool() -> RowPool:
     """The elementwise pool the caption model's fast path uses: OFF (one thread, no pool) unless `set_threads`
     turned it on, e.g. `set_threads(blas_threads())`. Measured with 2 threads on the 2-core machine: 0.98–1.00×
     the single-threaded step at every benchmark setting (see README "Speed") — after each matrix product
-    OpenBLAS's worker thread busy-waits on the second core, so the pool's thread finds no free core."""
+    OpenBLAS's worker thread busy-waits on the second core, so the pool's thread finds no free core (1.03× when
+    OPENBLAS_THREAD_TIMEOUT=4 in the environment makes it sleep at once)."""
     if not _shared:
         _shared.append(RowPool(1))
     return _shared[0]
