@@ -39,13 +39,13 @@ threads; V=1000 / 10000, COCO-length / full batches; raw outputs and commands in
    Measured: 1.06–1.13× (every setting).
 9. The vocabulary loss's arithmetic (+ b, log-softmax, loss, its gradient) in blocks of ~1 MB of scores, so all
    passes but the first run in cache; the three products stay ONE GEMM each over all K rows (blocks of 26 rows
-   for the products too measured 0.70–0.73× at V=10000: small products are slow). Measured: 1.04–1.05× at
+   for the products too measured 0.65× at V=10000: small products are slow). Measured: 1.04–1.05× at
    V=10000, 1.01–1.02× at V=1000.
 10. σ(x) = ½ tanh(½x) + ½ for the gates (`sigmoid_by_tanh`): NumPy's float32 tanh is vectorised here, about 2×
     faster than the clamped 1 / (1 + e^(−x)) on a gate block. Measured: 1.01–1.02× (every setting).
 11. db_vocab = 1ᵀ dscores as one matrix-vector product (BLAS threads) instead of a column sum. Measured: 1.02×
     at V=10000, 1.00× at V=1000.
-(And outside this file, Adam in cache-sized pieces, `minicap.optim.Adam.chunk`: 1.02× at V=1000, 1.03–1.06× at
+(And outside this file, Adam in cache-sized pieces, `minicap.optim.Adam.chunk`: 1.02× at V=1000, 1.03–1.07× at
 V=10000.)
 Tried and left off: the gate and softmax arithmetic split by rows over a thread pool (`RowPool`, sized by the
 BLAS thread count) measured 0.98–1.00× with 2 threads — OpenBLAS's worker busy-waits on the second core after
