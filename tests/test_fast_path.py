@@ -287,6 +287,9 @@ def test_caption_model_packed_with_a_thread_pool_and_a_reused_workspace(monkeypa
     batches = [_caption_batch(0), _caption_batch(1)]
     batches[0][1][1, 3] = 0  # a hole: a <NULL> target inside a caption, masked but inside the packed positions
     batches.append((batches[1][0][:4], batches[1][1][:4]))  # fewer captions: smaller packed arrays
+    empty = np.zeros_like(batches[0][1][:3])
+    empty[:, 0] = START
+    batches.append((batches[0][0][:3], empty))  # nothing to predict at all: K = 0 packed positions
     first_loss, first_grads = fast.loss(*batches[0])
     kept = {k: v.copy() for k, v in first_grads.items()}
     for features, captions in batches:

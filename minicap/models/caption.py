@@ -88,6 +88,8 @@ class CaptionModel(SequenceModel):
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
         self.params = self._init_params(word_counts)
+        # The fast path's temporaries, kept from one `loss` call to the next (never returned: see nn.fast.Workspace)
+        self._workspace: nn.fast.Workspace | None = None
 
     # ------------------------------------------------------------------------------------------- parameters
 
@@ -231,7 +233,7 @@ class CaptionModel(SequenceModel):
         step to step. The batch arrives sorted longest first."""
         p, fast = self.params, nn.fast
         N, T = words_in.shape
-        if getattr(self, "_workspace", None) is None:
+        if self._workspace is None:
             self._workspace = fast.Workspace()
         ws, pool = self._workspace, fast.shared_pool()
         packing = fast.pack(lengths, T)
