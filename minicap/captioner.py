@@ -101,6 +101,7 @@ class CaptionerData:
     train: CaptionDataset
     val: CaptionDataset | None
     val_metric: ValidationCider | None
+    num_truncated: int = 0  # training captions longer than config.max_length words, cut to their first words
 
 
 def captioner_data(
@@ -131,7 +132,7 @@ def captioner_data(
             config.allow_unk,
             corpus_ids=np.unique(train.image_ids),  # document frequencies from all training + validation references
         )
-    return CaptionerData(encoded.vocab, train, val, val_metric)
+    return CaptionerData(encoded.vocab, train, val, val_metric, enc_train.num_truncated)
 
 
 @dataclasses.dataclass
@@ -199,6 +200,11 @@ def train_captioner(
             vocab=data.vocab,
             extra={"config": config.to_dict(), **(extra or {})},
             **common,
+        )
+    if log is not None:
+        log(
+            f"vocabulary: {len(data.vocab)} words (min count {config.min_count} in the training captions); "
+            f"{len(data.train)} training captions, {data.num_truncated} of them cut to {config.max_length} words"
         )
     result = trainer.fit(max_seconds=max_seconds)
     best = result.best_model if result.best_model is not None else result.model
