@@ -22,7 +22,8 @@ __all__ = ["CaptionerConfig"]
 class CaptionerConfig:
     """How a captioner is built, trained and decoded.
 
-    Model:     cell ("lstm" | "rnn"), hidden_size H, wordvec_size W
+    Model:     cell ("lstm" | "rnn"), hidden_size H, wordvec_size W, dropout (inverted dropout rate on the word
+               vectors and the LSTM outputs in training, as in Show and Tell; 0 = none)
     Text:      min_count (a word needs this many training occurrences, else <UNK>), max_length (words per
                training caption; longer ones are truncated)
     Split:     by image (`minicap.coco.split_images`): test_fraction of the images, at least min_test_images and at
@@ -52,6 +53,7 @@ class CaptionerConfig:
     cell: str = "lstm"
     hidden_size: int = 256
     wordvec_size: int = 128
+    dropout: float = 0.0
     # text
     min_count: int = 3
     max_length: int = 16
@@ -90,6 +92,8 @@ class CaptionerConfig:
         for name in ("test_fraction", "val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (math.isfinite(self.length_penalty) and self.length_penalty >= 0):
             raise ValueError(f"length_penalty must be a finite number >= 0, got {self.length_penalty}")
         if self.early_stopping not in ("cider", "loss"):
@@ -112,12 +116,13 @@ class CaptionerConfig:
 
     @property
     def model_options(self) -> dict[str, Any]:
-        """The CaptionModel constructor's share: cell, hidden_size, wordvec_size, seed."""
+        """The CaptionModel constructor's share: cell, hidden_size, wordvec_size, seed, dropout."""
         return {
             "cell": self.cell,
             "hidden_size": self.hidden_size,
             "wordvec_size": self.wordvec_size,
             "seed": self.seed,
+            "dropout": self.dropout,
         }
 
     def train_config(self) -> TrainConfig:
