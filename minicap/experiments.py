@@ -372,7 +372,8 @@ def _fold_record(split: FoldSplit, result: HoldoutResult) -> dict[str, Any]:
         "epochs": train.epochs,
         "stopped": train.stopped,
         "train_seconds": result.seconds["train"],
-        "epoch_seconds": [e["seconds"] for e in train.history["epochs"]],
+        "epoch_seconds": [e["seconds"] for e in train.history["epochs"]],  # training only
+        "val_seconds": [e["val_seconds"] for e in train.history["epochs"]],  # validation loss and CIDEr-D
         "seconds": float(sum(result.seconds.values())),
     }
 

@@ -85,7 +85,7 @@ def test_cross_validate_reports_every_epoch_of_every_fold():
         (str(f), str(e)) for f in (1, 2, 3) for e in (1, 2, 3)
     ]
     assert lines[-1].endswith("ETA 0s") and all("s/epoch, elapsed " in line for line in lines)
-    assert all(len(f["epoch_seconds"]) == 3 for f in cv.folds)
+    assert all(len(f["epoch_seconds"]) == len(f["val_seconds"]) == 3 for f in cv.folds)
 
 
 def test_cli_evaluate_prints_progress_lines_to_stderr_unless_told_not_to(tmp_path, capsys):
