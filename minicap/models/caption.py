@@ -4,11 +4,6 @@
     <START> w1 w2 … (N, T) ──embedding──▶ x (N, T, W) ──LSTM/RNN──▶ h (N, T, H)
     h ──affine──▶ scores ──softmax loss against w1 w2 … <END> (padding masked)──▶ loss           "and tell"
 
-In training (a loss given a generator `rng`), inverted dropout with rate `dropout` acts where Show and Tell's
-im2txt puts it: on the word vectors x before the LSTM and on its outputs h before the word scores. The image
-projection and the recurrent connections h_{t−1} -> h_t are left alone. Validation losses and decoding use the
-whole network (inverted dropout scaled the kept units in training, so nothing is rescaled here).
-
 The architecture of Vinyals et al. (2015, "Show and Tell"), with one difference: the image enters through the
 initial hidden state h0 (as in CS231n and Karpathy's neuraltalk), where Show and Tell feeds it as the first input
 x₋₁. Through h0 the image costs no time step and the LSTM's input weights see only words. Everything is composed
@@ -21,6 +16,11 @@ of arrays, gradients a dict with the same keys, so optimisers and checkpoints ne
     W_vocab (H, V), b_vocab (V,)       hidden state -> word scores
 
 Letters: N batch, T time steps, W word-vector size, H hidden size, V vocabulary size, F image-feature size.
+
+In training (a loss given a generator `rng`), inverted dropout with rate `dropout` acts where Show and Tell's
+im2txt puts it: on the word vectors x before the LSTM and on its outputs h before the word scores. The image
+projection and the recurrent connections h_{t−1} -> h_t are left alone. Validation losses and decoding use the
+whole network (inverted dropout scaled the kept units in training, so nothing is rescaled here).
 """
 
 from __future__ import annotations
