@@ -160,6 +160,7 @@ def train_captioner(
     extra: dict[str, Any] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainedCaptioner:
     """Train a captioner on the captions of `train_ids`, choosing its best epoch on `val_ids`.
 
@@ -167,10 +168,13 @@ def train_captioner(
     `out_dir`, checkpoints/history/curves are written there (`best.npz` is the returned model). `resume`: continue
     the run saved in that checkpoint, with its own vocabulary, model and settings; features that differ from those
     the run was trained on are refused unless `allow_other_features` (`Trainer.from_checkpoint`). `max_seconds`: a
-    time budget for this call (the run stops resumably when it runs out).
+    time budget for this call (the run stops resumably when it runs out). `on_epoch`: told each epoch's record
+    (`Trainer`; progress reports).
     """
     t0 = time.perf_counter()
-    common: dict[str, Any] = {"encoder": encoder, "progress": progress, "log": log, "plot": out_dir is not None}
+    common: dict[str, Any] = {
+        "encoder": encoder, "progress": progress, "log": log, "plot": out_dir is not None, "on_epoch": on_epoch,
+    }  # fmt: skip
     if resume is not None:
         from minicap.checkpoint import load_checkpoint
 
