@@ -172,15 +172,19 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert "FAIL" not in out
-    # 26 step-level + 2 × (3 words_loss + 22 sequence + 32 model) + 6 GRU regressor + 12 GRU sequence gradient
-    # checks (the GRU has no fast path), then 73 fast == reference lines.
-    assert lines[-1] == "231/231 checks passed"
-    assert sum("fast == reference" in line for line in lines) == 73
+    # 27 step-level (dropout included) + 2 × (3 words_loss + 22 sequence + 32 model + 16 caption model with
+    # dropout) + 6 GRU regressor + 12 GRU sequence gradient checks (the GRU has no fast path), then 91 fast ==
+    # reference lines (18 of them the caption model with dropout).
+    assert lines[-1] == "282/282 checks passed"
+    assert sum("fast == reference" in line for line in lines) == 91
     parsed = [LINE.match(line) for line in lines[:-1]]
     assert all(parsed), "every line but the summary is one check"
     functions = {m["function"] for m in parsed}
     for name in (
         "affine",
+        "dropout",
+        "CaptionModel(lstm) dropout",
+        "CaptionModel(rnn) dropout [fast]",
         "lstm_step",
         "rnn_step",
         "gru_step",
@@ -214,7 +218,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     monkeypatch.setattr(gradcheck, "check_affine", failing)
     assert cli_main(["gradcheck"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "228/231 checks passed — FAILED"
+    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "279/282 checks passed — FAILED"
 
 
 def test_cli_gradcheck_fails_when_fast_differs_from_reference(capsys, monkeypatch):
