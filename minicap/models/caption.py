@@ -213,7 +213,7 @@ class CaptionModel(SequenceModel):
         features, captions, mask, lengths = features[order], captions[order], mask[order], lengths[order]
         words_in, targets = captions[:, :-1], captions[:, 1:]
         if self.fast and self.packed and self.cell == "lstm":
-            return self._loss_packed(features, words_in, targets, mask, lengths, backward)
+            return self._loss_packed(features, words_in, targets, mask, lengths, backward, rng)
 
         # Forward: image -> h0; words -> vectors; recurrence; scores and loss (Σ cross-entropy / N).
         h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
@@ -254,10 +254,12 @@ class CaptionModel(SequenceModel):
         mask: np.ndarray,
         lengths: np.ndarray,
         backward: bool,
+        rng: np.random.Generator | None = None,
     ) -> tuple[np.floating, dict[str, np.ndarray]]:
         """`loss` on the fast path for the LSTM (`self.fast`): the same numbers, every array packed (only the
         positions up to each caption's end, time-major: `nn.fast.pack`), temporaries in a workspace kept from
-        step to step. The batch arrives sorted longest first."""
+        step to step. The batch arrives sorted longest first. Dropout draws the readable path's (N, T, ·) masks
+        from `rng` in the same order (word vectors, then LSTM outputs) and keeps their packed rows."""
         p, fast = self.params, nn.fast
         N, T = words_in.shape
         if self._workspace is None:
@@ -270,7 +272,16 @@ class CaptionModel(SequenceModel):
 
         h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
         x, embed_cache = nn.word_embedding_forward(words[None, :], p["W_embed"])  # (1, K, W)
-        h, rec_cache = fast.lstm_forward_packed(x[0], h0, p["Wx"], p["Wh"], p["b"], packing, workspace=ws, pool=pool)
+        x = x[0]
+        dropping = rng is not None and self.dropout > 0
+        if dropping:  # the masks the readable path draws for x (N, T, W) and h (N, T, H), at the packed rows
+            W, H = x.shape[1], self.hidden_size
+            drop_x = nn.dropout_mask((N, T, W), self.dropout, rng, self.dtype).reshape(N * T, W)[packing.index]
+            drop_h = nn.dropout_mask((N, T, H), self.dropout, rng, self.dtype).reshape(N * T, H)[packing.index]
+            x = x * drop_x
+        h, rec_cache = fast.lstm_forward_packed(x, h0, p["Wx"], p["Wh"], p["b"], packing, workspace=ws, pool=pool)
+        if dropping:
+            h = h * drop_h
         loss, vocab_grads = fast.words_loss_packed(
             h,
             targets.reshape(N * T)[packing.index],
@@ -285,9 +296,13 @@ class CaptionModel(SequenceModel):
             return loss, {}
         grads: dict[str, np.ndarray] = {}
         dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        if dropping:
+            dh = dh * drop_h
         dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = fast.lstm_backward_packed(
             dh, rec_cache, workspace=ws, pool=pool
         )
+        if dropping:
+            dx *= drop_x
         grads["W_embed"] = nn.word_embedding_backward(dx[None], embed_cache)
         _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
         return loss, grads
