@@ -45,6 +45,8 @@ format: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch not installed: PyTorch columns skipped"
 	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/bench_decode.py
+	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_extract.py
 
 # The figures the README shows: run every lesson in full (1,800 s in all on 2 cores under load 15-30; see the

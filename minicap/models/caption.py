@@ -56,6 +56,10 @@ class CaptionModel(SequenceModel):
     dropout : rate p of the inverted dropout on the word vectors and on the LSTM outputs in training (0: none).
     """
 
+    # On the fast path the LSTM runs packed (`_loss_packed`); False keeps the fast functions' (N, T, ·) interface,
+    # for benchmarks/bench_train_step.py --reference to measure what packing buys.
+    packed: bool = True
+
     def __init__(
         self,
         vocab_size: int,
@@ -94,6 +98,8 @@ class CaptionModel(SequenceModel):
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
         self.params = self._init_params(word_counts)
+        # The fast path's temporaries, kept from one `loss` call to the next (never returned: see nn.fast.Workspace)
+        self._workspace: nn.fast.Workspace | None = None
 
     # ------------------------------------------------------------------------------------------- parameters
 
@@ -206,6 +212,8 @@ class CaptionModel(SequenceModel):
         order = np.argsort(-lengths, kind="stable")
         features, captions, mask, lengths = features[order], captions[order], mask[order], lengths[order]
         words_in, targets = captions[:, :-1], captions[:, 1:]
+        if self.fast and self.packed and self.cell == "lstm":
+            return self._loss_packed(features, words_in, targets, mask, lengths, backward, rng)
 
         # Forward: image -> h0; words -> vectors; recurrence; scores and loss (Σ cross-entropy / N).
         h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
@@ -238,6 +246,67 @@ class CaptionModel(SequenceModel):
         _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
         return loss, grads
 
+    def _loss_packed(
+        self,
+        features: np.ndarray,
+        words_in: np.ndarray,
+        targets: np.ndarray,
+        mask: np.ndarray,
+        lengths: np.ndarray,
+        backward: bool,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.floating, dict[str, np.ndarray]]:
+        """`loss` on the fast path for the LSTM (`self.fast`): the same numbers, every array packed (only the
+        positions up to each caption's end, time-major: `nn.fast.pack`), temporaries in a workspace kept from
+        step to step. The batch arrives sorted longest first. Dropout draws the readable path's (N, T, ·) masks
+        from `rng` in the same order (word vectors, then LSTM outputs) and keeps their packed rows."""
+        p, fast = self.params, nn.fast
+        N, T = words_in.shape
+        if self._workspace is None:
+            self._workspace = fast.Workspace()
+        ws, pool = self._workspace, fast.shared_pool()
+        packing = fast.pack(lengths, T)
+        words = words_in.reshape(N * T)[packing.index]  # (K,) the words read at the packed positions
+        counted = mask.reshape(N * T)[packing.index]  # (K,) all True unless a caption has a hole
+        weights = np.where(counted, self.dtype.type(1.0 / N), self.dtype.type(0.0))
+
+        h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
+        x, embed_cache = nn.word_embedding_forward(words[None, :], p["W_embed"])  # (1, K, W)
+        x = x[0]
+        dropping = rng is not None and self.dropout > 0
+        if dropping:  # the masks the readable path draws for x (N, T, W) and h (N, T, H), at the packed rows
+            W, H = x.shape[1], self.hidden_size
+            drop_x = nn.dropout_mask((N, T, W), self.dropout, rng, self.dtype).reshape(N * T, W)[packing.index]
+            drop_h = nn.dropout_mask((N, T, H), self.dropout, rng, self.dtype).reshape(N * T, H)[packing.index]
+            x = x * drop_x
+        h, rec_cache = fast.lstm_forward_packed(x, h0, p["Wx"], p["Wh"], p["b"], packing, workspace=ws, pool=pool)
+        if dropping:
+            h = h * drop_h
+        loss, vocab_grads = fast.words_loss_packed(
+            h,
+            targets.reshape(N * T)[packing.index],
+            weights,
+            p["W_vocab"],
+            p["b_vocab"],
+            backward,
+            workspace=ws,
+            pool=pool,
+        )
+        if vocab_grads is None:
+            return loss, {}
+        grads: dict[str, np.ndarray] = {}
+        dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        if dropping:
+            dh = dh * drop_h
+        dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = fast.lstm_backward_packed(
+            dh, rec_cache, workspace=ws, pool=pool
+        )
+        if dropping:
+            dx *= drop_x
+        grads["W_embed"] = nn.word_embedding_backward(dx[None], embed_cache)
+        _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
+        return loss, grads
+
     # ---------------------------------------------------------------------------------------------- decoding
 
     def initial_state(self, features: np.ndarray) -> State:
@@ -260,5 +329,6 @@ class CaptionModel(SequenceModel):
         else:
             h, _ = nn.rnn_step_forward(x, state.h, p["Wx"], p["Wh"], p["b"])
             c = None
-        logits = h @ p["W_vocab"] + p["b_vocab"]
+        logits = h @ p["W_vocab"]
+        logits += p["b_vocab"]  # in place: one (N, V) array, not two
         return logits, State(h, c)
