@@ -66,7 +66,7 @@ from minicap.metrics import (
 from minicap.models import CaptionModel
 from minicap.safe_io import atomic_write_json, sha256_file
 from minicap.text import Vocabulary
-from minicap.vision.store import FeatureStore
+from minicap.vision.store import FeatureStore, FeatureStoreError
 
 __all__ = [
     "DEMO_TIME_BUDGET",
@@ -420,7 +420,7 @@ def train_from_files(
     log = log or (lambda line: None)
     two_folders = val_features is not None or val_captions is not None
     if two_folders and (val_features is None or val_captions is None):
-        raise ValueError("a validation folder needs both its features and its captions (--val-features, --val-captions)")
+        raise ValueError("a validation folder needs its features and its captions (--val-features, --val-captions)")
     if two_folders and (split_options := [k for k in given if k in _SPLIT_FIELDS]):
         raise ValueError(
             f"with a validation folder nothing is split, so these options do not apply: {', '.join(split_options)}"
@@ -659,14 +659,20 @@ def evaluate_checkpoint(
     that is a held-out score when `captions` shares no image with them (a warning names the shared ones
     otherwise); for any other run the model may have seen those images, and the numbers are not a held-out score.
     Captions whose images have no features: one MissingFeaturesError (count, first ids). Features of another
-    size than the model's: FeatureStoreError. Decoding follows the checkpoint's configuration (beam_size overrides
-    its beam width). Returns (table, scores, hypotheses).
+    size than the model's, or from another encoder file than it records: FeatureStoreError. Decoding follows the
+    checkpoint's configuration (beam_size overrides its beam width). Returns (table, scores, hypotheses).
     """
     log = log or (lambda line: None)
     ckpt, model, vocab, config = load_captioner(checkpoint)
     beam_size = config.beam_size if beam_size is None else beam_size
     store = FeatureStore.load(features)
     store.check_feature_size(model.feature_size, what=f"checkpoint {checkpoint}")
+    want, got = ckpt.encoder.get("onnx_sha256"), store.manifest.get("onnx_sha256")
+    if want and got and want != got:  # e.g. a test folder extracted with another encoder file of the same size
+        raise FeatureStoreError(
+            f"{features} was extracted with encoder {got[:12]}..., {checkpoint} was trained on features of "
+            f"{want[:12]}... ({ckpt.encoder.get('architecture')}): extract them with the same encoder file"
+        )
     coco = load_coco_captions(captions)
     data = ckpt.extra.get("data", {})
     test_ids = np.asarray(data.get("test_image_ids") or coco.image_ids(), dtype=np.int64)
@@ -695,7 +701,8 @@ def evaluate_checkpoint(
                 f"warning: {len(overlap)} of the {len(test_ids)} images of {captions} were training or validation "
                 f"images of {checkpoint} (first: {overlap[:5]}): this is NOT a held-out score"
             )
-            what = f"all {len(test_ids)} images of {captions} ({len(overlap)} seen in training or validation: NOT held out)"
+            seen_note = f"{len(overlap)} seen in training or validation: NOT held out"
+            what = f"all {len(test_ids)} images of {captions} ({seen_note})"
         else:
             log(
                 f"note: {checkpoint} records no test images; scoring all {len(test_ids)} images of {captions}, "

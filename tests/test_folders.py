@@ -103,6 +103,12 @@ def test_train_on_a_validate_on_b_then_score_c_through_the_cli(folders, tmp_path
     assert f"on all 8 images of {folders['C'][0]} (held out" in out and "warning" not in out
     assert set(json.loads(scores.read_text())["scores"]) == {"model, greedy", "model, beam 3"}
 
+    # a test folder extracted with another encoder file (of the same feature size) is refused
+    other = resave(folders["C"][1], tmp_path / "other.pkl", onnx_sha256="d" * 64)
+    evaluate_other = ["evaluate", "--checkpoint", str(run / "best.npz"), *files((folders["C"][0], other))]
+    assert main([*evaluate_other, "--cider-only"]) == 2
+    assert "was extracted with encoder dddddddddddd..., " in capsys.readouterr().err
+
     # folder B picked the epoch: scoring it is said NOT to be held out
     assert main(["evaluate", "--checkpoint", str(run / "best.npz"), *files(folders["B"]), "--cider-only"]) == 0
     out = capsys.readouterr().out
@@ -142,7 +148,7 @@ def test_validation_features_of_another_encoder_are_refused(folders, tmp_path, c
 def test_half_a_validation_folder_or_a_split_option_is_refused(folders, capsys):
     captions_b, features_b = folders["B"]
     assert main(["train", *files(folders["A"]), "--val-features", str(features_b), *TINY]) == 2
-    assert "needs both its features and its captions" in capsys.readouterr().err
+    assert "needs its features and its captions" in capsys.readouterr().err
     assert main([*train_a_val_b(folders), "--split-seed", "3"]) == 2
     assert "nothing is split, so these options do not apply: split_seed" in capsys.readouterr().err
 
