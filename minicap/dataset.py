@@ -216,6 +216,8 @@ class JoinedFeatures:
     """
 
     def __init__(self, *parts: tuple[Iterable[int] | np.ndarray, FeatureLookup]) -> None:
+        if not parts:
+            raise ValueError("JoinedFeatures needs at least one (image ids, lookup) part")
         self.parts = [lookup for _, lookup in parts]
         self._part: dict[int, int] = {}  # image id -> index of its part
         for k, (ids, _) in enumerate(parts):
@@ -227,6 +229,8 @@ class JoinedFeatures:
     def lookup(self, image_ids: Iterable[int] | np.ndarray) -> np.ndarray:
         """Features of `image_ids` in that order, shape (len(image_ids), F), each from its own part."""
         ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return np.asarray(self.parts[0].lookup(ids))  # (0, F), F as the parts give it
         which = np.array([self._part.get(int(i), -1) for i in ids], dtype=np.int64)
         if (which < 0).any():
             missing = sorted(set(ids[which < 0].tolist()))
@@ -239,7 +243,8 @@ class JoinedFeatures:
                 if out is None:
                     out = np.empty((ids.size, features.shape[1]), dtype=features.dtype)
                 out[rows] = features
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        assert out is not None  # every id was found in some part
+        return out
 
     __call__ = lookup
 

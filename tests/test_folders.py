@@ -53,6 +53,7 @@ def test_joined_features_look_each_id_up_in_its_own_part():
     b = FeatureTable(np.array([10, 11]), -np.arange(4, dtype=np.float32).reshape(2, 2) - 1)
     joined = JoinedFeatures((a.image_ids, a), (b.image_ids, b))
     np.testing.assert_array_equal(joined.lookup([11, 2, 1, 10]), [[-3, -4], [2, 3], [0, 1], [-1, -2]])
+    assert joined.lookup([]).shape == (0, 2) and joined.lookup([2]).dtype == np.float32
     with pytest.raises(MissingFeaturesError, match="1 of 2 requested image ids have no features") as info:
         joined.lookup([1, 99])
     assert info.value.missing == [99]
