@@ -403,6 +403,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--features", required=True, metavar="F.pkl", help="feature store from `minicap extract`")
     p.add_argument("--captions", required=True, metavar="JSON", help="COCO captions JSON of those images")
+    p.add_argument("--val-features", metavar="F.pkl", help="a second folder's store: validate on it (no split)")
+    p.add_argument(
+        "--val-captions",
+        metavar="JSON",
+        help="its COCO captions: with --val-features, every image of --captions trains, every image of these picks "
+        "the best epoch, and nothing is split or held out for testing (score a third folder with `minicap evaluate "
+        "--checkpoint`); both stores must come from the same encoder and the folders must not share an image",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/train; with --resume: its folder)")
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (e.g. DIR/last.npz)")
     p.add_argument(
@@ -428,6 +436,8 @@ def _run_train(args: argparse.Namespace) -> int:
             args.features,
             args.captions,
             args.out,
+            val_features=args.val_features,
+            val_captions=args.val_captions,
             config=config,
             given=given,
             resume=args.resume,

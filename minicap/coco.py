@@ -1,6 +1,7 @@
 """COCO captions files, COCO folders, and splits BY IMAGE: the one data path every command and lesson uses.
 
     DIR/captions.json --load_coco_captions--> CocoCaptions (image records + (image_id, raw caption) pairs)
+    two such files    --join_captions------> one CocoCaptions (a training folder + a validation folder)
     DIR/images/       --locate_photos------> {image_id: photo path} found, and the photos listed but missing
     image ids         --split_images / fold_splits--> train / val / test ids (every caption of an image together)
     captions + split  --encode_splits------> vocabulary from the TRAINING captions, each part encoded
@@ -154,6 +155,23 @@ def load_coco_captions(path: str | Path) -> CocoCaptions:
             f"({len(set(unknown))} distinct ids; first: {first})"
         )
     return CocoCaptions(images=images, captions=captions, num_dropped_empty=num_empty, source=str(path))
+
+
+def join_captions(first: CocoCaptions, second: CocoCaptions) -> CocoCaptions:
+    """The captions of two files as one CocoCaptions (e.g. a training folder's and a validation folder's), so that
+    one data path serves both. The two must not share an image: ValueError naming the shared ids."""
+    shared = sorted(set(first.images) & set(second.images))
+    if shared:
+        raise ValueError(
+            f"{len(shared)} image ids are in both {first.source or 'the first captions'} and "
+            f"{second.source or 'the second'} (first: {shared[:5]}): the two folders must not share an image"
+        )
+    return CocoCaptions(
+        images={**first.images, **second.images},
+        captions=first.captions + second.captions,
+        num_dropped_empty=first.num_dropped_empty + second.num_dropped_empty,
+        source=f"{first.source} + {second.source}",
+    )
 
 
 def _as_int_id(value: Any, where: str) -> int:

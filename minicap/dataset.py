@@ -6,8 +6,8 @@
     CaptionDataset   encoded captions tied to a feature lookup: batches of (features (N, F), captions (N, T+1))
 
 A feature lookup is anything with `lookup(ids) -> (N, F)` that raises `MissingFeaturesError` for ids it lacks: a
-`FeatureStore` (minicap.vision.store) or the in-memory `FeatureTable` below. This module knows nothing of how the
-features were made.
+`FeatureStore` (minicap.vision.store), the in-memory `FeatureTable` below, or `JoinedFeatures` over several of them
+(a training folder's store and a validation folder's). This module knows nothing of how the features were made.
 
 Letters: M captions, N batch, T+1 caption length (tokens), F feature size.
 """
@@ -30,6 +30,7 @@ __all__ = [
     "MissingFeaturesError",
     "FeatureLookup",
     "FeatureTable",
+    "JoinedFeatures",
     "non_finite_rows",
     "missing_feature_ids",
     "check_features_available",
@@ -202,6 +203,48 @@ class FeatureTable:
         if missing:
             raise MissingFeaturesError(missing, requested=len(set(ids.tolist())), source="this feature table")
         return self.features[np.array(rows, dtype=np.int64)]
+
+    __call__ = lookup
+
+
+class JoinedFeatures:
+    """One lookup over several that hold disjoint images, e.g. the feature stores of a training folder and of a
+    validation folder: each id is looked up in the part that `parts` assigns it to, nothing is copied.
+
+    parts: (image ids, lookup) pairs; an id in two parts is a ValueError naming the shared ids. An id in no part
+    is a MissingFeaturesError, like any lookup's.
+    """
+
+    def __init__(self, *parts: tuple[Iterable[int] | np.ndarray, FeatureLookup]) -> None:
+        if not parts:
+            raise ValueError("JoinedFeatures needs at least one (image ids, lookup) part")
+        self.parts = [lookup for _, lookup in parts]
+        self._part: dict[int, int] = {}  # image id -> index of its part
+        for k, (ids, _) in enumerate(parts):
+            unique = np.unique(np.asarray(ids, dtype=np.int64)).tolist()
+            if shared := [i for i in unique if i in self._part]:
+                raise ValueError(f"{len(shared)} image ids are in two parts of the joined features: {shared[:5]}")
+            self._part.update(dict.fromkeys(unique, k))
+
+    def lookup(self, image_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Features of `image_ids` in that order, shape (len(image_ids), F), each from its own part."""
+        ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return np.asarray(self.parts[0].lookup(ids))  # (0, F), F as the parts give it
+        which = np.array([self._part.get(int(i), -1) for i in ids], dtype=np.int64)
+        if (which < 0).any():
+            missing = sorted(set(ids[which < 0].tolist()))
+            raise MissingFeaturesError(missing, requested=len(set(ids.tolist())), source="the joined features")
+        out: np.ndarray | None = None
+        for k, part in enumerate(self.parts):
+            rows = np.flatnonzero(which == k)
+            if rows.size:
+                features = np.asarray(part.lookup(ids[rows]))
+                if out is None:
+                    out = np.empty((ids.size, features.shape[1]), dtype=features.dtype)
+                out[rows] = features
+        assert out is not None  # every id was found in some part
+        return out
 
     __call__ = lookup
 

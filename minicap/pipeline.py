@@ -46,11 +46,13 @@ from minicap.coco import (
     CocoFolder,
     coco_photo_path,
     find_coco,
+    join_captions,
     load_coco_captions,
     locate_photos,
     split_images,
 )
 from minicap.config import CaptionerConfig
+from minicap.dataset import FeatureLookup, JoinedFeatures
 from minicap.decode import generate_captions
 from minicap.experiments import MODEL_GREEDY, HoldoutResult, holdout_evaluation, model_beam
 from minicap.metrics import (
@@ -64,7 +66,7 @@ from minicap.metrics import (
 from minicap.models import CaptionModel
 from minicap.safe_io import atomic_write_json, sha256_file
 from minicap.text import Vocabulary
-from minicap.vision.store import FeatureStore
+from minicap.vision.store import FeatureStore, FeatureStoreError
 
 __all__ = [
     "DEMO_TIME_BUDGET",
@@ -218,6 +220,10 @@ def split_record(
         "val_image_ids": split["val"].tolist(),
         "test_image_ids": split["test"].tolist(),
     }
+
+
+# The fields of the one configuration that only say how ONE folder is split (meaningless with a validation folder).
+_SPLIT_FIELDS = ("test_fraction", "min_test_images", "val_fraction", "split_seed")
 
 
 def config_split(coco: CocoCaptions, config: CaptionerConfig) -> dict[str, np.ndarray]:
@@ -381,6 +387,8 @@ def train_from_files(
     captions: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     *,
+    val_features: str | os.PathLike | None = None,
+    val_captions: str | os.PathLike | None = None,
     config: CaptionerConfig = CaptionerConfig(),
     given: Sequence[str] = (),
     resume: str | os.PathLike | None = None,
@@ -397,12 +405,26 @@ def train_from_files(
     runs/train, or the checkpoint's folder when resuming). The split's val and test image ids are recorded in the
     checkpoints, so `minicap evaluate --checkpoint` scores exactly the held-out images.
 
+    val_features, val_captions: a second folder (both or neither) that picks the best epoch instead of a split:
+    every image of `captions` then trains, every image of `val_captions` validates, and no test image is recorded
+    (score a third folder with `evaluate_checkpoint`). The two stores must come from the same encoder and the two
+    folders must not share an image (ValueError / FeatureStoreError naming what differs); the feature
+    standardisation still uses the training images only. Their files and image ids are recorded in the checkpoints.
+
     given: the names of the fields of `config` the user set explicitly. With `resume`, the run continues with the
     checkpoint's own configuration; a field given explicitly with another value is an error (a resumed run
     continues the same run), and so are features that differ from those the run was trained on, unless
-    `allow_other_features`.
+    `allow_other_features`; a run trained with a validation folder resumes only with one (and its captions
+    unchanged), a run trained on a split only without.
     """
     log = log or (lambda line: None)
+    two_folders = val_features is not None or val_captions is not None
+    if two_folders and (val_features is None or val_captions is None):
+        raise ValueError("a validation folder needs its features and its captions (--val-features, --val-captions)")
+    if two_folders and (split_options := [k for k in given if k in _SPLIT_FIELDS]):
+        raise ValueError(
+            f"with a validation folder nothing is split, so these options do not apply: {', '.join(split_options)}"
+        )
     store = FeatureStore.load(features)
     coco = load_coco_captions(captions)
     log(f"captions: {coco.summary()}")
@@ -422,6 +444,17 @@ def train_from_files(
                 f"resuming {resume} continues that run with its own settings; these options differ: "
                 + "; ".join(conflicts)
             )
+        recorded_val = ckpt.extra.get("data", {}).get("val_captions_file")
+        if two_folders and recorded_val is None:
+            raise ValueError(
+                f"{resume} chose its best epoch on a split of its training images, not on a validation folder: "
+                "resume it without --val-features and --val-captions"
+            )
+        if not two_folders and recorded_val is not None:
+            raise ValueError(
+                f"{resume} chose its best epoch on the validation folder {recorded_val}: resume it with the same "
+                "--val-features and --val-captions"
+            )
         config = saved
         store.check_feature_size(ckpt.model.config["feature_size"], what=f"checkpoint {resume}")
     out = Path(out_dir if out_dir is not None else (Path(resume).parent if resume is not None else "runs/train"))
@@ -430,18 +463,40 @@ def train_from_files(
             f"{out} already holds a run ({out / 'last.npz'}); continue it with --resume {out / 'last.npz'}, "
             "or choose another --out"
         )
-    split = config_split(coco, config)
-    log(
-        f"split (seed {config.split_seed}): {len(split['train'])} / {len(split['val'])} / {len(split['test'])} "
-        "images for train / val / test"
-    )
+    lookup: FeatureLookup = store
+    if two_folders:
+        assert val_features is not None and val_captions is not None
+        val_store = FeatureStore.load(val_features)
+        store.check_same_encoder(val_store, what=f"the validation features {val_features}")
+        val_coco = load_coco_captions(val_captions)
+        log(f"validation captions: {val_coco.summary()}")
+        split = {"train": coco.image_ids(), "val": val_coco.image_ids(), "test": np.zeros(0, dtype=np.int64)}
+        coco = join_captions(coco, val_coco)  # ValueError naming the shared images, if any
+        lookup = JoinedFeatures((split["train"], store), (split["val"], val_store))
+        record = {
+            **split_record(captions, features, split),
+            "val_captions_file": str(Path(val_captions).resolve()),
+            "val_features_file": str(Path(val_features).resolve()),
+            "train_image_ids": split["train"].tolist(),  # `evaluate_checkpoint` tells a held-out folder by them
+        }
+        log(
+            f"{len(split['train'])} training images ({captions}), {len(split['val'])} validation images "
+            f"({val_captions}); no test images: score a third folder with `minicap evaluate --checkpoint`"
+        )
+    else:
+        split = config_split(coco, config)
+        record = split_record(captions, features, split)
+        log(
+            f"split (seed {config.split_seed}): {len(split['train'])} / {len(split['val'])} / {len(split['test'])} "
+            "images for train / val / test"
+        )
     log(
         f"model: {config.cell.upper()} H={config.hidden_size} W={config.wordvec_size}; up to {config.epochs} epochs, "
         f"best epoch by validation {'CIDEr-D' if config.early_stopping == 'cider' else 'loss'}"
     )
     return train_captioner(
         coco,
-        store,
+        lookup,
         split["train"],
         split["val"],
         config,
@@ -450,7 +505,7 @@ def train_from_files(
         max_seconds=max_seconds,
         allow_other_features=allow_other_features,
         encoder=store.encoder_info(features),
-        extra={"data": split_record(captions, features, split)},
+        extra={"data": record},
         progress=progress,
         log=log,
     )
@@ -600,16 +655,24 @@ def evaluate_checkpoint(
 
     The baselines use the images of `captions` that are neither validation nor test images as their training
     set (the split the checkpoint records). Without recorded test ids, every captioned image is scored and no
-    baseline is computed (the model may have seen those images: the numbers are then not a held-out score).
+    baseline is computed: for a run trained on one folder and validated on another (it records both folders' ids)
+    that is a held-out score when `captions` shares no image with them (a warning names the shared ones
+    otherwise); for any other run the model may have seen those images, and the numbers are not a held-out score.
     Captions whose images have no features: one MissingFeaturesError (count, first ids). Features of another
-    size than the model's: FeatureStoreError. Decoding follows the checkpoint's configuration (beam_size overrides
-    its beam width). Returns (table, scores, hypotheses).
+    size than the model's, or from another encoder file than it records: FeatureStoreError. Decoding follows the
+    checkpoint's configuration (beam_size overrides its beam width). Returns (table, scores, hypotheses).
     """
     log = log or (lambda line: None)
     ckpt, model, vocab, config = load_captioner(checkpoint)
     beam_size = config.beam_size if beam_size is None else beam_size
     store = FeatureStore.load(features)
     store.check_feature_size(model.feature_size, what=f"checkpoint {checkpoint}")
+    want, got = ckpt.encoder.get("onnx_sha256"), store.manifest.get("onnx_sha256")
+    if want and got and want != got:  # e.g. a test folder extracted with another encoder file of the same size
+        raise FeatureStoreError(
+            f"{features} was extracted with encoder {got[:12]}..., {checkpoint} was trained on features of "
+            f"{want[:12]}... ({ckpt.encoder.get('architecture')}): extract them with the same encoder file"
+        )
     coco = load_coco_captions(captions)
     data = ckpt.extra.get("data", {})
     test_ids = np.asarray(data.get("test_image_ids") or coco.image_ids(), dtype=np.int64)
@@ -631,6 +694,21 @@ def evaluate_checkpoint(
         train_ids = [int(i) for i in coco.image_ids() if int(i) not in held and int(i) in store]
         hypotheses.update(baseline_captions(coco, store, train_ids, test_ids, config.nn_k))
         what = f"{len(test_ids)} held-out test images recorded in the checkpoint"
+    elif "train_image_ids" in data:  # trained on one folder, validated on another: is `captions` a third?
+        seen = {int(i) for i in data["train_image_ids"]} | {int(i) for i in data.get("val_image_ids", [])}
+        if overlap := sorted(seen.intersection(test_ids.tolist())):
+            log(
+                f"warning: {len(overlap)} of the {len(test_ids)} images of {captions} were training or validation "
+                f"images of {checkpoint} (first: {overlap[:5]}): this is NOT a held-out score"
+            )
+            seen_note = f"{len(overlap)} seen in training or validation: NOT held out"
+            what = f"all {len(test_ids)} images of {captions} ({seen_note})"
+        else:
+            log(
+                f"note: {checkpoint} records no test images; scoring all {len(test_ids)} images of {captions}, "
+                "none of which it trained or validated on (a held-out score)"
+            )
+            what = f"all {len(test_ids)} images of {captions} (held out: none seen in training or validation)"
     else:
         log(f"note: {checkpoint} records no test images; scoring all {len(test_ids)} images (not a held-out score)")
         what = f"all {len(test_ids)} images of {captions} (NOT held out)"

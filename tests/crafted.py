@@ -31,12 +31,15 @@ TINY_TRAIN = [
 ]  # fmt: skip
 
 
-def run_files(folder: Path, n_images: int = 24, per_image: int = 4, F: int = 8, seed: int = 0) -> tuple[Path, Path]:
+def run_files(
+    folder: Path, n_images: int = 24, per_image: int = 4, F: int = 8, seed: int = 0, first_id: int = 1
+) -> tuple[Path, Path]:
     """folder/captions.json and folder/features.pkl: image i shows a colour and a thing, its features say which
-    (one-hot blocks plus noise) and its captions name them ("a red dog on the grass"). Returns (captions, features)."""
+    (one-hot blocks plus noise) and its captions name them ("a red dog on the grass"). Image ids run from `first_id`
+    (folders made with other first ids share no image). Returns (captions, features)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    ids = np.arange(1, n_images + 1, dtype=np.int64)
+    ids = np.arange(first_id, first_id + n_images, dtype=np.int64)
     features = 0.1 * rng.standard_normal((n_images, F)).astype(np.float32)
     images, annotations = [], []
     for row, image_id in enumerate(ids.tolist()):

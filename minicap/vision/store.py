@@ -146,6 +146,26 @@ class FeatureStore:
                 f"the {what} with feature_size={self.feature_size}"
             )
 
+    def check_same_encoder(self, other: FeatureStore, what: str = "the other store") -> None:
+        """Raise `FeatureStoreError` unless `other` was made by the same encoder: the same feature size F and the
+        same architecture, ONNX file (sha256), weights (sha256) and preprocessing as the manifests record (a value
+        one store records and the other does not counts as different: it cannot be checked)."""
+        if other.feature_size != self.feature_size:
+            raise FeatureStoreError(
+                f"{what} holds {other.feature_size}-d features, these are {self.feature_size}-d: features of two "
+                "encoders live in different spaces; extract both with the same encoder"
+            )
+        differ = [
+            f"{key} {self.manifest.get(key)!r} vs {other.manifest.get(key)!r}"
+            for key in ("architecture", "onnx_sha256", "weights_sha256", "encoder_spec")
+            if self.manifest.get(key) != other.manifest.get(key)
+        ]
+        if differ:
+            raise FeatureStoreError(
+                f"{what} was not made by the same encoder as these features ({'; '.join(differ)}): features of two "
+                "encoders live in different spaces; extract both with the same encoder"
+            )
+
     def encoder_info(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
         """What a checkpoint records about the encoder that made these features (and where the store is).
 
