@@ -1,0 +1,181 @@
+"""Soft attention (minicap.nn.attention, minicap.models.attention): every backward against numerical gradients with
+the thresholds of minicap.gradcheck, the sequence loop against the step, padding that changes nothing, the
+regulariser, and the model's step against its loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minicap.nn.attention as att
+from minicap import gradcheck
+from minicap.gradcheck import NORM_REL, SEQUENCE_MAX_REL, STEP_MAX_REL
+from minicap.models import AttentionCaptionModel, AttentionState
+from minicap.tokens import target_mask
+
+STEP_CHECKS = [
+    gradcheck.check_attention,
+    gradcheck.check_gate,
+    gradcheck.check_init_state,
+    gradcheck.check_attention_lstm_step,
+    gradcheck.check_doubly_stochastic,
+]
+
+
+def _assert_within(results, max_rel):
+    assert results
+    for r in results:
+        assert r.max_rel_threshold == max_rel and r.norm_rel_threshold == NORM_REL
+        assert r.passed, r.line()
+
+
+@pytest.mark.parametrize("check", STEP_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_step_level_gradients(check, seed):
+    _assert_within(check(seed), STEP_MAX_REL)
+
+
+@pytest.mark.parametrize("lengths", [None, (5, 3, 3, 1, 0), (2, 5, 1)])
+def test_sequence_gradients_with_padding(lengths):
+    _assert_within(gradcheck.check_attention_lstm_sequence(lengths=lengths), SEQUENCE_MAX_REL)
+
+
+def test_whole_attention_model_gradients():
+    results = [r for r in gradcheck.check_models() if r.function.startswith("AttentionCaptionModel")]
+    assert {r.function for r in results} == {"AttentionCaptionModel(λ=0)", "AttentionCaptionModel(λ=1.5)"}
+    assert len(results) == 2 * 16  # every parameter, with and without the regulariser
+    _assert_within(results, SEQUENCE_MAX_REL)
+
+
+def test_gradcheck_report_lists_the_attention_functions():
+    names = {r.function for r in gradcheck.attention_checks()}
+    assert names >= {
+        "attention",
+        "attention gate β",
+        "attention init_state (h0, c0)",
+        "attention_lstm_step",
+        "attention_lstm_forward/backward",
+        "attention_lstm_forward/backward (lengths)",
+        "doubly_stochastic_loss",
+    }
+
+
+def test_a_wrong_attention_backward_is_caught(monkeypatch):
+    """Forgetting the −Σ_j α_j ∂L/∂α_j term of the softmax Jacobian must fail the check."""
+
+    def buggy(dz, dalpha, cache):
+        a, alpha, s = cache.annotations, cache.alpha, cache.s
+        dalpha_total = (a @ dz[:, :, None])[:, :, 0] + (0 if dalpha is None else dalpha)
+        de = alpha * dalpha_total  # the bug
+        dpre = de[:, :, None] * cache.w_att * (1.0 - s**2)
+        return (
+            alpha[:, :, None] * dz[:, None, :],
+            dpre,
+            dpre.sum(1) @ cache.W_att.T,
+            cache.prev_h.T @ dpre.sum(1),
+            np.einsum("nl,nla->a", de, s),
+        )
+
+    monkeypatch.setattr(att, "attention_backward", buggy)
+    assert not all(r.passed for r in gradcheck.check_attention())
+    assert not all(r.passed for r in gradcheck.check_attention_lstm_step())
+
+
+def _inputs(seed=0, N=4, T=6):
+    rng = np.random.default_rng(seed)
+    return gradcheck._attention_lstm_inputs(rng, N=N, T=T)
+
+
+def test_sequence_is_a_loop_over_the_step():
+    inputs = _inputs()
+    h, alphas, _ = att.attention_lstm_forward(**inputs)
+    prev_h, prev_c = inputs["h0"], inputs["c0"]
+    weights = {k: inputs[k] for k in ("annotations", "proj", "W_att", "w_att", "w_beta", "b_beta", "Wx", "Wh", "b")}
+    for t in range(inputs["x"].shape[1]):
+        prev_h, prev_c, alpha, _ = att.attention_lstm_step_forward(inputs["x"][:, t], prev_h, prev_c, **weights)
+        np.testing.assert_array_equal(h[:, t], prev_h)
+        np.testing.assert_array_equal(alphas[:, t], alpha)
+
+
+def test_attention_maps_are_distributions_and_zero_on_padding():
+    inputs = _inputs(N=3)
+    _, alphas, _ = att.attention_lstm_forward(**inputs, lengths=np.array([6, 2, 0]))
+    np.testing.assert_allclose(alphas[0].sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(alphas[1, :2].sum(axis=1), 1.0, atol=1e-12)
+    assert (alphas[1, 2:] == 0).all() and (alphas[2] == 0).all()
+    assert (alphas >= 0).all()
+
+
+def test_padding_changes_nothing():
+    """A caption's h and α do not depend on what is in its padded steps."""
+    inputs = _inputs(N=2)
+    lengths = np.array([6, 3])
+    h1, a1, _ = att.attention_lstm_forward(**inputs, lengths=lengths)
+    inputs["x"][1, 3:] = 1e3
+    h2, a2, _ = att.attention_lstm_forward(**inputs, lengths=lengths)
+    np.testing.assert_array_equal(h1, h2)
+    np.testing.assert_array_equal(a1, a2)
+
+
+def test_doubly_stochastic_loss_values():
+    alphas = np.zeros((1, 3, 2))
+    alphas[0, :, 0] = 1.0 / 3  # location 0 gets 1/3 per step: Σ_t = 1 over three real steps
+    alphas[0, :, 1] = 2.0 / 3
+    mask = np.ones((1, 3), bool)
+    loss, _ = att.doubly_stochastic_loss(alphas, mask, 2.0)
+    assert loss == pytest.approx(2.0 * (0.0**2 + (1 - 2.0) ** 2))
+    mask[0, 2] = False  # the last step is padding: Σ_t α over real steps is 2/3 and 4/3
+    loss, dalphas = att.doubly_stochastic_loss(alphas, mask, 2.0)
+    assert loss == pytest.approx(2.0 * ((1 / 3) ** 2 + (1 / 3) ** 2))
+    assert (dalphas[0, 2] == 0).all()
+    assert att.doubly_stochastic_loss(alphas, mask, 0.0)[0] == 0
+
+
+def _model_and_batch(reg=0.0, dtype=np.float64):
+    features, captions = gradcheck.small_caption_batch(0, N=4, T=7)
+    rng = np.random.default_rng(3)
+    annotations = rng.standard_normal((4, 5, 7))
+    model = AttentionCaptionModel(11, 7, wordvec_size=4, hidden_size=6, attention_size=3, reg=reg, dtype=dtype)
+    return model, annotations, captions
+
+
+def test_step_reproduces_the_loss():
+    """Teacher-forcing the model through `step` gives the same words loss as `loss` (λ = 0)."""
+    model, annotations, captions = _model_and_batch()
+    loss, _ = model.loss(annotations, captions, backward=False)
+    state = model.initial_state(annotations)
+    assert isinstance(state, AttentionState)
+    total = 0.0
+    targets = captions[:, 1:]
+    mask = target_mask(targets)
+    for t in range(targets.shape[1]):
+        logits, state = model.step(captions[:, t], state)
+        np.testing.assert_allclose(state.alpha.sum(axis=1), 1.0)
+        log_p = logits - logits.max(1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+        total -= np.sum(mask[:, t] * log_p[np.arange(len(targets)), targets[:, t]])
+    assert loss == pytest.approx(total / len(captions), rel=1e-12)
+
+
+def test_regulariser_adds_to_the_loss():
+    model, annotations, captions = _model_and_batch(reg=0.0)
+    base, _ = model.loss(annotations, captions, backward=False)
+    reg_model = AttentionCaptionModel.from_config({**model.config, "reg": 2.0}, model.params)
+    with_reg, _ = reg_model.loss(annotations, captions, backward=False)
+    assert with_reg > base
+
+
+def test_bad_annotations_are_refused():
+    model, annotations, captions = _model_and_batch()
+    with pytest.raises(ValueError, match="spatial"):
+        model.loss(annotations.mean(axis=1), captions)
+    with pytest.raises(ValueError, match="reg"):
+        AttentionCaptionModel(11, 7, reg=-1.0)
+
+
+def test_float32_training_dtype_is_kept():
+    model, annotations, captions = _model_and_batch(dtype=np.float32)
+    loss, grads = model.loss(annotations, captions)
+    assert loss.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grads.values())
+    assert set(grads) == set(model.params)
