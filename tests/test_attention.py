@@ -179,3 +179,115 @@ def test_float32_training_dtype_is_kept():
     assert loss.dtype == np.float32
     assert all(g.dtype == np.float32 for g in grads.values())
     assert set(grads) == set(model.params)
+
+
+# ------------------------------------------------------------------------------------------ decoding with α
+
+
+def test_greedy_and_beam_keep_the_attention_maps_of_their_captions():
+    """The maps a decoder returns are those the model uses when it reads the returned caption again."""
+    from minicap.decode import beam_search, greedy
+    from minicap.tokens import END, NULL, START
+
+    model, annotations, _ = _model_and_batch()
+    ids_g, maps_g = greedy(model, annotations, max_length=6, return_attention=True)
+    ids_b, scores, maps_b = beam_search(model, annotations, 3, max_length=6, return_scores=True, return_attention=True)
+    np.testing.assert_array_equal(greedy(model, annotations, max_length=6), ids_g)
+    np.testing.assert_array_equal(beam_search(model, annotations, 3, max_length=6), ids_b)
+    assert maps_g.shape == maps_b.shape == (4, 6, 5) and scores.shape == (4,)
+    for ids, maps in ((ids_g, maps_g), (ids_b, maps_b)):
+        state = model.initial_state(annotations)
+        words = np.full(4, START)
+        for t in range(6):
+            _, state = model.step(words, state)
+            live = ids[:, t] != NULL
+            np.testing.assert_allclose(maps[live, t], state.alpha[live], atol=1e-12)
+            assert (maps[~live, t] == 0).all()
+            words = np.where(live, ids[:, t], END)
+
+
+def test_return_attention_needs_a_model_that_attends():
+    from minicap.decode import greedy
+    from minicap.models import CaptionModel
+
+    model = CaptionModel(11, 7, 4, 5, dtype=np.float64)
+    with pytest.raises(ValueError, match="alpha"):
+        greedy(model, np.zeros((2, 7)), max_length=3, return_attention=True)
+
+
+# ------------------------------------------------------------------------------------------ training end to end
+
+
+def spatial_colour_data(n: int = 15, F: int = 8, seed: int = 0):
+    """The colour COCO of test_experiments, but the colour sits in ONE cell of a 2 × 2 feature map (a different
+    cell per image); the other cells are noise. A FeatureStore with spatial maps (float16, as extracted)."""
+    from test_experiments import colour_data
+
+    from minicap.vision.store import FeatureStore
+
+    coco, _ = colour_data(n, F, seed)
+    rng = np.random.default_rng(seed)
+    maps = 0.1 * rng.standard_normal((n, 2, 2, F))
+    for k in range(n):
+        maps[k, (k // 3) % 2, (k // 6) % 2, k % 3] += 3.0
+    maps = maps.astype(np.float16)
+    pooled = maps.astype(np.float32).mean(axis=(1, 2))
+    return coco, FeatureStore(np.arange(1, n + 1, dtype=np.int64), pooled, {"architecture": "test"}, maps)
+
+
+def test_the_attention_captioner_trains_with_the_one_loop_and_saves_and_loads(tmp_path):
+    from test_experiments import TINY
+
+    from minicap.checkpoint import load_checkpoint
+    from minicap.experiments import MODEL_GREEDY, holdout_evaluation
+
+    coco, store = spatial_colour_data()
+    config = TINY.replace(model="attention", attention_size=8, epochs=30)
+    result = holdout_evaluation(coco, store, list(range(1, 12)), [12], [13, 14, 15], config, out_dir=tmp_path)
+    model = result.captioner.model
+    assert isinstance(model, AttentionCaptionModel) and model.attention_size == 8 and model.reg == 1.0
+    colours = {13: "red", 14: "green", 15: "blue"}
+    right = sum(colours[i] in result.hypotheses[MODEL_GREEDY][i] for i in colours)
+    assert right >= 2, result.hypotheses[MODEL_GREEDY]
+    ckpt = load_checkpoint(result.captioner.result.best_path)
+    assert isinstance(ckpt.model, AttentionCaptionModel)
+    assert ckpt.extra["config"]["model"] == "attention"
+    a = store.lookup_spatial([13]).reshape(1, 4, 8)
+    np.testing.assert_array_equal(ckpt.model.initial_state(a).h, model.initial_state(a).h)
+
+
+def test_attention_config_is_checked():
+    from minicap.config import CaptionerConfig
+
+    with pytest.raises(ValueError, match="model must be"):
+        CaptionerConfig(model="transformer")
+    with pytest.raises(ValueError, match="LSTM"):
+        CaptionerConfig(model="attention", cell="rnn")
+    with pytest.raises(ValueError, match="attention_reg"):
+        CaptionerConfig(attention_reg=-1.0)
+    assert CaptionerConfig(model="attention").model_options["reg"] == 1.0
+
+
+def test_a_store_without_spatial_maps_is_refused_with_a_clear_message():
+    from test_experiments import TINY, colour_data
+
+    from minicap.captioner import captioner_data
+    from minicap.vision.store import FeatureStore
+
+    coco, table = colour_data()
+    store = FeatureStore(table.image_ids, table.features)
+    with pytest.raises(ValueError, match="--spatial"):
+        captioner_data(coco, store, [1, 2, 3], [], TINY.replace(model="attention"))
+
+
+def test_attention_figure_is_drawn(tmp_path):
+    from minicap.plots import plot_attention, upsample_attention
+
+    heat = upsample_attention(np.array([0.0, 0.0, 0.0, 1.0]), (2, 2), 32)
+    assert heat.shape == (32, 32) and heat.max() == pytest.approx(1.0)
+    assert heat[24:, 24:].mean() > heat[:8, :8].mean()  # the bottom-right cell is the bright one
+    photo = np.full((32, 32, 3), 128, np.uint8)
+    path = plot_attention(photo, ["a", "dog", "<end>"], np.full((3, 4), 0.25), (2, 2), tmp_path / "att.png", "a dog")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="alphas"):
+        plot_attention(photo, ["a"], np.full((2, 4), 0.25), (2, 2), tmp_path / "x.png")
