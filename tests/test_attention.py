@@ -291,3 +291,36 @@ def test_attention_figure_is_drawn(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="alphas"):
         plot_attention(photo, ["a"], np.full((2, 4), 0.25), (2, 2), tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------------------------ demo and caption
+
+
+def test_demo_and_caption_with_attention_figures(tmp_path, capsys):
+    """`run_demo` with model="attention" extracts spatial maps, trains the attention captioner; `minicap caption
+    --attention` then decodes a JPEG through the same encoder and writes the figure, with the demo's caption."""
+    from test_experiments import TINY
+    from test_pipeline import make_coco
+    from test_vision_extract import make_tiny_encoder
+
+    from minicap.cli import main
+    from minicap.experiments import MODEL_GREEDY
+    from minicap.pipeline import run_demo
+
+    coco_dir = make_coco(tmp_path / "coco")
+    encoder = tmp_path / "tiny.onnx"
+    make_tiny_encoder(encoder)
+    config = TINY.replace(model="attention", attention_size=8, epochs=8)
+    result = run_demo(
+        coco_dir, tmp_path / "demo", config=config, encoder=encoder, scorer=None, progress=False, log=None
+    )
+    assert result.features.name == "features_spatial.pkl"
+    test_id = result.split["test"][0]
+    photo = coco_dir / "images" / f"{test_id:012d}.jpg"
+    figures = tmp_path / "figures"
+    args = ["caption", str(photo), "--checkpoint", str(result.checkpoint), "--attention", "--figures", str(figures)]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{photo}: {result.hypotheses[MODEL_GREEDY][test_id]}"
+    figure = figures / f"{photo.stem}_attention.png"
+    assert out[1] == f"{photo}: attention figure -> {figure}" and figure.stat().st_size > 1000
