@@ -504,19 +504,23 @@ def check_attention_lstm_step(seed: int = 0) -> list[CheckResult]:
     return _check_outputs("attention_lstm_step", fwd, inputs, analytic, douts, STEP_MAX_REL)
 
 
-def check_attention_lstm_sequence(seed: int = 0, lengths: tuple[int, ...] | None = None) -> list[CheckResult]:
-    """The decoder's sequence loop; with `lengths`, captions that end early (padding steps, α = 0 there)."""
+def check_attention_lstm_sequence(
+    seed: int = 0, lengths: tuple[int, ...] | None = None, fast: bool = False
+) -> list[CheckResult]:
+    """The decoder's sequence loop (or `minicap.nn.fast`'s); with `lengths` (longest first), captions that end
+    early (padding steps, α = 0 there)."""
     rng = np.random.default_rng(seed)
     inputs = _attention_lstm_inputs(rng, N=len(lengths or (5, 5)), T=5)
     lens = None if lengths is None else np.array(lengths)
-    h, alphas, cache = att.attention_lstm_forward(**inputs, lengths=lens)
+    module = nn.fast if fast else att
+    h, alphas, cache = module.attention_lstm_forward(**inputs, lengths=lens)
     douts = (rng.standard_normal(h.shape), rng.standard_normal(alphas.shape))
-    g = att.attention_lstm_backward(*douts, cache)
+    g = module.attention_lstm_backward(*douts, cache)
     names = ("x", "h0", "c0", "proj", "W_att", "w_att", "w_beta", "b_beta", "Wx", "Wh", "b")
     analytic = {name: getattr(g, f"d{name}") for name in names}
     analytic["annotations"] = g.dannotations
-    fwd = lambda **kw: att.attention_lstm_forward(**kw, lengths=lens)[:2]  # noqa: E731
-    name = "attention_lstm_forward/backward" + ("" if lengths is None else " (lengths)")
+    fwd = lambda **kw: module.attention_lstm_forward(**kw, lengths=lens)[:2]  # noqa: E731
+    name = f"{'fast.' if fast else ''}attention_lstm_forward/backward" + ("" if lengths is None else " (lengths)")
     return _check_outputs(name, fwd, inputs, analytic, douts, SEQUENCE_MAX_REL)
 
 
@@ -531,8 +535,29 @@ def check_doubly_stochastic(seed: int = 0) -> list[CheckResult]:
     return [compare("doubly_stochastic_loss", "alphas", dalphas, numeric, STEP_MAX_REL)]
 
 
-def attention_checks() -> list[CheckResult]:
-    """Every function of `minicap.nn.attention` (the whole attention model is in `check_models`)."""
+def check_fast_attention_equals_reference(seed: int = 0) -> list[EqualityResult]:
+    """`minicap.nn.fast.attention_lstm_*` against the readable loop: outputs and every gradient, with and without
+    lengths (and with and without a gradient arriving at the maps α)."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for lengths in (None, np.array([6, 6, 4, 4, 1, 0])):
+        inputs = _attention_lstm_inputs(rng, N=6, T=6)
+        name = "attention_lstm_forward/backward" + ("" if lengths is None else " (lengths)")
+        h_ref, a_ref, cache_ref = att.attention_lstm_forward(**inputs, lengths=lengths)
+        h_fast, a_fast, cache_fast = nn.fast.attention_lstm_forward(**inputs, lengths=lengths)
+        results += [equal(name, "h", h_fast, h_ref, FORWARD_EQUAL), equal(name, "alphas", a_fast, a_ref, FORWARD_EQUAL)]
+        dh = rng.standard_normal(h_ref.shape)
+        dalphas = None if lengths is None else rng.standard_normal(a_ref.shape)
+        g_ref = att.attention_lstm_backward(dh, dalphas, cache_ref)
+        g_fast = nn.fast.attention_lstm_backward(dh, dalphas, cache_fast)
+        for field in g_ref._fields:
+            results.append(equal(name, field, getattr(g_fast, field), getattr(g_ref, field), GRADIENT_EQUAL))
+    return results
+
+
+def attention_checks() -> list[CheckResult | EqualityResult]:
+    """Every function of `minicap.nn.attention`, the fast decoder, and fast == reference (the whole attention
+    model, on both paths, is in `check_models` and `check_fast_equals_reference`)."""
     return [
         *check_attention(),
         *check_gate(),
@@ -540,7 +565,10 @@ def attention_checks() -> list[CheckResult]:
         *check_attention_lstm_step(),
         *check_attention_lstm_sequence(),
         *check_attention_lstm_sequence(lengths=(5, 3, 3, 1, 0)),
+        *check_attention_lstm_sequence(fast=True),
+        *check_attention_lstm_sequence(lengths=(5, 3, 3, 1, 0), fast=True),
         *check_doubly_stochastic(),
+        *check_fast_attention_equals_reference(),
     ]
 
 

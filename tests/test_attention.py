@@ -324,3 +324,37 @@ def test_demo_and_caption_with_attention_figures(tmp_path, capsys):
     assert out[0] == f"{photo}: {result.hypotheses[MODEL_GREEDY][test_id]}"
     figure = figures / f"{photo.stem}_attention.png"
     assert out[1] == f"{photo}: attention figure -> {figure}" and figure.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------ the fast decoder
+
+
+@pytest.mark.parametrize("lengths", [None, (5, 3, 3, 1, 0)])
+def test_fast_decoder_gradients(lengths):
+    _assert_within(gradcheck.check_attention_lstm_sequence(lengths=lengths, fast=True), SEQUENCE_MAX_REL)
+
+
+def test_fast_decoder_equals_the_readable_loop():
+    results = gradcheck.check_fast_attention_equals_reference()
+    assert len(results) == 2 * (2 + 12)
+    failed = [r.line() for r in results if not r.passed]
+    assert not failed, failed
+
+
+def test_fast_and_readable_models_agree_in_float32():
+    model, annotations, captions = _model_and_batch(reg=1.0, dtype=np.float32)
+    model.fast = True
+    loss_fast, grads_fast = model.loss(annotations, captions)
+    model.fast = False
+    loss_ref, grads_ref = model.loss(annotations, captions)
+    assert float(loss_fast) == pytest.approx(float(loss_ref), rel=1e-5)
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_fast[name], grads_ref[name], rtol=1e-3, atol=1e-5)
+
+
+def test_fast_decoder_refuses_unsorted_lengths():
+    from minicap.nn import fast
+
+    inputs = _inputs(N=3)
+    with pytest.raises(ValueError, match="longest first"):
+        fast.attention_lstm_forward(**inputs, lengths=np.array([2, 6, 1]))

@@ -346,7 +346,7 @@ def test_float32_models_on_the_fast_path(label):
 
 def test_gradcheck_proves_fast_equals_reference():
     results = gradcheck.check_fast_equals_reference()
-    assert len(results) == 73
+    assert len(results) == 73 + 34  # + the attention captioner, λ = 0 and 1.5: loss and 16 gradients each
     assert all(isinstance(r, gradcheck.EqualityResult) for r in results)
     failed = [r.line() for r in results if not r.passed]
     assert not failed, failed
@@ -362,6 +362,8 @@ def test_gradcheck_proves_fast_equals_reference():
         "LSTMLanguageModel",
         "SequenceRegressor(lstm)",
         "SequenceRegressor(rnn)",
+        "AttentionCaptionModel(λ=0)",
+        "AttentionCaptionModel(λ=1.5)",
     } == functions
     for r in results:
         # (words_loss names its gradients after its inputs: its "h" is dh)

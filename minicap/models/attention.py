@@ -196,15 +196,19 @@ class AttentionCaptionModel(SequenceModel):
             raise ValueError(f"captions must be (N, T+1) with N = {a.shape[0]}, T ≥ 1; got {captions.shape}")
         p, seq = self.params, self.sequence
         N, T = captions.shape[0], captions.shape[1] - 1
-        words_in, targets = captions[:, :-1], captions[:, 1:]
-        mask = target_mask(targets)  # (N, T) the real steps
+        mask = target_mask(captions[:, 1:])  # (N, T) the real steps
         lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)
+        # Longest caption first, so that the fast path stops working on a caption once it has ended (its packed
+        # lengths). The loss is a sum over captions: the order changes nothing else.
+        order = np.argsort(-lengths, kind="stable")
+        a, captions, mask, lengths = a[order], captions[order], mask[order], lengths[order]
 
         # Forward.
-        proj, proj_cache = nn.temporal_affine_forward(a, p["U_att"], p["b_att"])  # once per image
+        proj, _ = nn.temporal_affine_forward(a, p["U_att"], p["b_att"])  # once per image
         h0, c0, init_cache = att.init_state_forward(a, p["W_h0"], p["b_h0"], p["W_c0"], p["b_c0"])
+        words_in, targets = captions[:, :-1], captions[:, 1:]
         x, embed_cache = nn.word_embedding_forward(words_in, p["W_embed"])
-        decoder = att
+        decoder = nn.fast if self.fast else att  # the same numbers; nn.fast's loop is faster
         h, alphas, dec_cache = decoder.attention_lstm_forward(
             x, h0, c0, a, proj, *self._decoder_params(), lengths=lengths
         )
@@ -223,7 +227,10 @@ class AttentionCaptionModel(SequenceModel):
         _da0, grads["W_h0"], grads["b_h0"], grads["W_c0"], grads["b_c0"] = att.init_state_backward(
             g.dh0, g.dc0, init_cache
         )
-        _da1, grads["U_att"], grads["b_att"] = nn.temporal_affine_backward(g.dproj, proj_cache)
+        # proj = a U + b: only dU and db are needed. The annotations are inputs (the encoder is frozen), so their
+        # gradient dproj Uᵀ, an (N·L, A) × (A, F) product as large as the forward one, is never formed.
+        grads["U_att"] = a.reshape(-1, a.shape[2]).T @ g.dproj.reshape(-1, g.dproj.shape[2])
+        grads["b_att"] = g.dproj.sum(axis=(0, 1))
         return loss, grads
 
     # ---------------------------------------------------------------------------------------------- decoding
