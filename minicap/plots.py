@@ -813,3 +813,27 @@ def encoder_crop(tensor: np.ndarray, mean: Sequence[float], std: Sequence[float]
         mean, np.float32
     )
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def plot_attention_sums(sums: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Histograms of Σ_t α_ti (one value per held-out photo and cell), one per model (e.g. λ = 0 and λ = 1): how
+    the doubly stochastic regulariser spreads the attention over the photo. sums: name -> (n, L)."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    top = max(float(np.max(s)) for s in sums.values())
+    bins = np.linspace(0.0, max(top, 1.0), 41)
+    for k, (name, s) in enumerate(sums.items()):
+        ax.hist(
+            np.ravel(s),
+            bins=bins,
+            alpha=0.55,
+            color=f"C{k}",
+            label=f"{name} (sd over cells {s.std(axis=1).mean():.2f})",
+        )
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("Σ_t α_ti: how much a cell of the 7×7 grid was looked at over one caption")
+    ax.set_ylabel("cells (photos × 49)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
