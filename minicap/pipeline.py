@@ -338,6 +338,8 @@ def run_demo(
         references=[refs[i] for i in shown],
         titles=[f"image {i} (held out)" for i in shown],
     )
+    if config.model == "attention" and shown:  # the paper's figure for the first held-out photo
+        _demo_attention_figure(result, store, coco_photo_path(folder, coco, shown[0]), shown[0], config, out)
     seconds["files"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
 
@@ -381,6 +383,30 @@ def run_demo(
         features=features_path,
         seconds=seconds,
         holdout=result,
+    )
+
+
+def _demo_attention_figure(
+    result: HoldoutResult, store: FeatureStore, photo: Path, image_id: int, config: CaptionerConfig, out: Path
+) -> Path:
+    """out/attention_maps.png: one held-out photo's greedy caption, each word with its attention map."""
+    from minicap.dataset import AnnotationLookup
+    from minicap.decode import greedy
+    from minicap.plots import encoder_crop, plot_attention
+    from minicap.tokens import END, NULL
+    from minicap.vision.encoders.spec import load_rgb, preprocess
+
+    model, vocab = result.captioner.model, result.captioner.vocab
+    lookup = AnnotationLookup(store)
+    ids, maps = greedy(model, lookup.lookup([image_id]), config.decode_max_length, config.allow_unk, True)
+    n = int(np.sum(ids[0] != NULL))
+    words = [vocab.idx_to_word[int(w)] if int(w) != END else "<end>" for w in ids[0, :n]]
+    spec = store.spec
+    if spec is None:
+        raise ValueError("the feature store records no EncoderSpec: the photo's crop cannot be drawn")
+    crop = encoder_crop(preprocess(load_rgb(photo), spec), spec.mean, spec.std)
+    return plot_attention(
+        crop, words, maps[0, :n], lookup.grid, out / "attention_maps.png", f"image {image_id} (held out)"
     )
 
 

@@ -315,6 +315,7 @@ def test_demo_and_caption_with_attention_figures(tmp_path, capsys):
         coco_dir, tmp_path / "demo", config=config, encoder=encoder, scorer=None, progress=False, log=None
     )
     assert result.features.name == "features_spatial.pkl"
+    assert (tmp_path / "demo" / "attention_maps.png").stat().st_size > 1000  # the demo's attention figure
     test_id = result.split["test"][0]
     photo = coco_dir / "images" / f"{test_id:012d}.jpg"
     figures = tmp_path / "figures"
