@@ -277,7 +277,10 @@ def run_demo(
     if max_images is not None:
         coco = coco.subset(coco.image_ids()[:max_images])
     spatial = config.model == "attention"  # the attention captioner reads the spatial maps
-    encoder_path = Path(encoder) if encoder is not None else ensure_encoder(out, arch, log, spatial)
+    if encoder is not None:
+        encoder_path = Path(encoder)
+    else:  # the spatial encoder only when asked: the mean-pooled captioner's call is unchanged
+        encoder_path = ensure_encoder(out, arch, log, spatial=True) if spatial else ensure_encoder(out, arch, log)
     features_path = out / ("features_spatial.pkl" if spatial else "features.pkl")
     store = ensure_features(folder, encoder_path, features_path, progress, log, coco, spatial)
     seconds["features"] = time.perf_counter() - t0
