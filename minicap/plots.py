@@ -774,6 +774,7 @@ def plot_attention(
     path: str | os.PathLike,
     title: str = "",
     columns: int = 5,
+    dpi: int = 80,
 ) -> Path:
     """The figure of Show, Attend and Tell: the photo, then for every word of the caption the photo again with the
     map α_t the decoder used to produce that word, upsampled and overlaid (bright = looked at).
@@ -803,7 +804,7 @@ def plot_attention(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def encoder_crop(tensor: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
