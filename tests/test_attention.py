@@ -325,6 +325,19 @@ def test_demo_and_caption_with_attention_figures(tmp_path, capsys):
     assert out[0] == f"{photo}: {result.hypotheses[MODEL_GREEDY][test_id]}"
     figure = figures / f"{photo.stem}_attention.png"
     assert out[1] == f"{photo}: attention figure -> {figure}" and figure.stat().st_size > 1000
+    # `minicap evaluate --folds K --model attention` on the spatial store the demo made
+    args = [
+        "evaluate",
+        "--folds",
+        "2",
+        "--features",
+        str(result.features),
+        "--captions",
+        str(coco_dir / "captions.json"),
+    ]
+    args += ["--model", "attention", "--epochs", "2", "--hidden", "16", "--wordvec", "8", "--attention-size", "8"]
+    assert main([*args, "--cider-only", "--min-count", "1"]) == 0
+    assert "2-fold cross-validation" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------ the fast decoder
