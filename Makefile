@@ -45,9 +45,12 @@ format: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch not installed: PyTorch columns skipped"
 	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/bench_decode.py
+	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_extract.py
 
-# The figures the README shows: run every lesson in full (about 25 minutes on 2 cores) and copy its key figures
+# The figures the README shows: run every lesson in full (1,800 s in all on 2 cores under load 15-30; see the
+# README's lesson table) and copy its key figures
 # into assets/, named <lesson>__<figure>.png.
 LESSONS := 01_vanishing_gradients 02_lstm_cell_by_hand 03_exploding_gradients_and_clipping 04_adam_vs_sgd \
            05_truncated_bptt 06_decoding_captions

@@ -19,15 +19,21 @@ Printed, from ONE run so the ratios are fair on a noisy machine:
 - GFLOP/s of the step (matrix-product FLOPs: forward 2·m·k·n per product, backward twice that) and that figure
   as a fraction of a float32 2048×512×2048 GEMM timed in the same run — how close the whole step gets to the
   machine's best case;
-- the same step in PyTorch (nn.Embedding + nn.LSTM + nn.Linear, masked cross-entropy summed / N,
-  clip_grad_norm_, Adam) with the same thread count, and the ratio minicap / PyTorch.
+- the same step in PyTorch (benchmarks/torch_captioner.py, started from minicap's initial parameters; the first
+  loss of each is checked against minicap's), clip_grad_norm_, Adam, with the same thread count, two recipes:
+  "packed" — pack_padded_sequence + nn.LSTM, vocabulary projection and cross-entropy only on the packed positions
+  (what a PyTorch user who cares about speed writes: THE PEER TO BEAT) — and "padded" — nn.LSTM over the padded
+  batch, every position scored, the loss masked afterwards; the ratio minicap / PyTorch for each;
+- the ceiling beside each ratio: the step's matrix-product FLOPs at this run's GEMM rate (the fastest minicap could
+  be if every product ran at the GEMM rate and nothing else took time), relative to that PyTorch recipe.
 The last line is one JSON object with all figures.
 
 With --reference (instead of the above): minicap against itself on the same batches, float32, medians of
 interleaved repeats, ms per call and ratios from the same run:
 - the training step's loss + grads (`CaptionModel.loss`, no optimiser) with model.fast = False (the readable
-  loops of minicap.nn) and model.fast = True (minicap.nn.fast), and ratio readable / fast; in the same repeats
-  two fast steps with one trick switched off: the vocabulary loss of the readable path (`nn.words_loss`, every
+  loops of minicap.nn) and model.fast = True (minicap.nn.fast, the LSTM packed end to end), and ratio readable /
+  fast; in the same repeats the fast step not packed (model.packed = False: nn.fast's (N, T, ·) functions) and two
+  such unpacked steps with one more trick switched off: the vocabulary loss of the readable path (`nn.words_loss`, every
   position scored: trick 6 off) and, on COCO-length batches, the recurrence without `lengths` (every caption
   runs all T steps, the weight products take every row: trick 5 off);
 - the pieces alone at the same size: nn.lstm_forward + nn.lstm_backward against nn.fast's (and the same for
@@ -162,42 +168,33 @@ def minicap_step_fn(V: int, kind: str):
     return step
 
 
-def torch_step_fn(V: int, kind: str, threads: int):
+def torch_step_fn(V: int, kind: str, threads: int, recipe: str):
+    """One PyTorch training step (forward, backward, clip_grad_norm_, Adam) of `recipe` ("packed" or "padded",
+    benchmarks/torch_captioner.py) from minicap's initial parameters; and the relative difference of its first
+    loss from minicap's on the same batch (the two compute the same thing)."""
     import torch
+    from torch_captioner import TorchCaptioner
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-
-    class TorchCaptioner(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.proj = torch.nn.Linear(F, H)
-            self.embed = torch.nn.Embedding(V, W)
-            self.lstm = torch.nn.LSTM(W, H, batch_first=True)
-            self.vocab = torch.nn.Linear(H, V)
-
-        def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-            h0 = self.proj(features).unsqueeze(0)
-            out, _ = self.lstm(self.embed(captions[:, :-1]), (h0, torch.zeros_like(h0)))
-            scores = self.vocab(out)
-            targets = captions[:, 1:]
-            mask = (targets != 0).float()
-            nll = torch.nn.functional.cross_entropy(scores.reshape(-1, V), targets.reshape(-1), reduction="none")
-            return (nll * mask.reshape(-1)).sum() / captions.shape[0]
-
-    model = TorchCaptioner()
+    like = CaptionModel(V, F, W, H, cell="lstm", dtype=np.float32, seed=0)
+    model = TorchCaptioner(V, F, W, H, recipe).copy_from(like)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    features_np, captions_np, _ = make_batch(V, kind)
+    features_np, captions_np, lengths_np = make_batch(V, kind)
     features, captions = torch.from_numpy(features_np), torch.from_numpy(captions_np)
+    lengths = torch.from_numpy(lengths_np.astype(np.int64))
+    with torch.no_grad():
+        loss_torch = float(model(features, captions, lengths))
+    loss_minicap = float(like.loss(features_np, captions_np, backward=False)[0])
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = model(features, captions)
+        loss = model(features, captions, lengths)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
 
-    return step, torch.__version__
+    return step, abs(loss_torch - loss_minicap) / abs(loss_minicap)
 
 
 def summarise(times: list[float]) -> dict[str, float]:
@@ -211,9 +208,11 @@ def summarise(times: list[float]) -> dict[str, float]:
 class _StepWith(CaptionModel):
     """A CaptionModel that runs the sequence functions of `module` (for one trick of nn.fast switched off)."""
 
-    def __init__(self, like: CaptionModel, module: types.SimpleNamespace) -> None:
+    def __init__(self, like: CaptionModel, module: types.SimpleNamespace | None) -> None:
         self.__dict__.update(like.__dict__)  # the same configuration and the SAME parameter arrays
-        self._module = module
+        self._module = nn.fast if module is None else module
+        self.packed = False  # the (N, T, ·) fast functions, with one trick switched off
+        self._workspace = None
 
     @property
     def sequence(self) -> types.SimpleNamespace:
@@ -335,7 +334,12 @@ def loss_step_fns(V: int, kind: str) -> tuple[dict, float]:
         abs(float(loss_r) - float(loss_f)) / abs(float(loss_r)),
         *(float(np.abs(grads_r[k] - grads_f[k]).max() / (np.abs(grads_r[k]).max() + 1e-30)) for k in grads_r),
     )
-    models = {"readable": readable, "fast": fast, "fast, readable words_loss": _StepWith(fast, FAST_WITH_READABLE_LOSS)}
+    models = {
+        "readable": readable,
+        "fast": fast,
+        "fast, not packed": _StepWith(fast, None),  # nn.fast's (N, T, ·) functions: what packing buys
+        "fast, readable words_loss": _StepWith(fast, FAST_WITH_READABLE_LOSS),
+    }
     if kind == "coco":  # with every caption 16 long, lengths change nothing
         models["fast, no lengths"] = _StepWith(fast, FAST_WITHOUT_LENGTHS)
     return {name: (lambda m=m: m.loss(features, captions)) for name, m in models.items()}, diff
@@ -446,23 +450,37 @@ def main() -> None:
     torch_available = False
     if not ARGS.no_torch:
         try:
-            import torch  # noqa: F401
+            import torch
 
             torch_available = True
         except ImportError:
             print("torch not importable: PyTorch comparison skipped (pip install torch==2.13.0 to include it)")
 
+    load = os.getloadavg()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, threads={ARGS.threads}, NumPy {np.__version__}")
+    print(f"load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"step: N={N} T={T} W={W} H={H} F={F} float32 LSTM, clip {CLIP}, Adam; {ARGS.repeats} repeats × {ARGS.steps}")
+    if torch_available:
+        print(
+            f"PyTorch {torch.__version__}: 'packed' = pack_padded_sequence + nn.LSTM, loss on packed positions only "
+            "(the peer to beat); 'padded' = nn.LSTM on the padded batch, loss masked afterwards. ceiling = the step's "
+            "matrix-product FLOPs at this run's GEMM rate, relative to packed PyTorch (the best minicap / packed "
+            "could be)"
+        )
     result: dict[str, object] = {"N": N, "T": T, "W": W, "H": H, "F": F, "threads": ARGS.threads}
+    result["loadavg_start"] = round(load[0], 2)
+    if torch_available:
+        result["torch_version"] = torch.__version__
 
     for V in ARGS.vocab:
         for kind in ("coco", "full"):
             lengths = make_batch(V, kind)[2]
             gflop = step_gflop(V, lengths)
             fns = {"minicap": minicap_step_fn(V, kind), "gemm": gemm_fn()}
+            loss_diff = {}
             if torch_available:
-                fns["torch"], result["torch_version"] = torch_step_fn(V, kind, ARGS.threads)
+                for recipe in ("packed", "padded"):
+                    fns[f"torch {recipe}"], loss_diff[recipe] = torch_step_fn(V, kind, ARGS.threads, recipe)
             times = time_interleaved(fns, ARGS.repeats, ARGS.steps)
             mini = summarise(times["minicap"])
             gflops = gflop * mini["seq_per_s"] / N
@@ -474,23 +492,32 @@ def main() -> None:
                 "step_gflop": gflop,
                 "minicap_gflops": gflops,
                 "fraction_of_gemm": gflops / gemm,
+                "ideal_seq_per_s": N * gemm / gflop,
             }
-            line = (
+            print(
                 f"V={V:>5} {kind:>4}: minicap {mini['seq_per_s']:6.1f} seq/s "
                 f"({mini['seq_per_s_min']:.1f}–{mini['seq_per_s_max']:.1f})  {gflops:5.1f} GFLOP/s = "
-                f"{gflops / gemm:4.0%} of GEMM ({gemm:.0f})"
+                f"{gflops / gemm:4.0%} of GEMM ({gemm:.0f} GFLOP/s; ideal {N * gemm / gflop:.0f} seq/s)"
             )
-            if torch_available:
-                peer = summarise(times["torch"])
-                entry["torch"] = peer
-                entry["ratio_minicap_over_torch"] = mini["seq_per_s"] / peer["seq_per_s"]
-                line += (
-                    f" | PyTorch {peer['seq_per_s']:6.1f} seq/s "
-                    f"({peer['seq_per_s_min']:.1f}–{peer['seq_per_s_max']:.1f})"
-                    f"  minicap/PyTorch = {entry['ratio_minicap_over_torch']:.2f}×"
+            for recipe in ("packed", "padded") if torch_available else ():
+                peer = summarise(times[f"torch {recipe}"])
+                ratio = mini["seq_per_s"] / peer["seq_per_s"]
+                ceiling = entry["ideal_seq_per_s"] / peer["seq_per_s"]
+                entry[f"torch_{recipe}"] = peer
+                entry[f"ratio_vs_{recipe}"] = ratio
+                entry[f"ceiling_vs_{recipe}"] = ceiling
+                entry[f"loss_rel_diff_{recipe}"] = loss_diff[recipe]
+                print(
+                    f"{'':13}PyTorch {recipe:<6} {peer['seq_per_s']:6.1f} seq/s "
+                    f"({peer['seq_per_s_min']:.1f}–{peer['seq_per_s_max']:.1f})  minicap/PyTorch {recipe} = "
+                    f"{ratio:.2f}×  (ceiling {ceiling:.2f}×; first loss differs from minicap's by "
+                    f"{loss_diff[recipe]:.0e})",
+                    flush=True,
                 )
-            print(line)
             result[f"V={V} {kind}"] = entry
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    result["loadavg_end"] = round(load[0], 2)
     print(json.dumps(result))
 
 

@@ -118,6 +118,7 @@ class CaptionerData:
     train: CaptionDataset
     val: CaptionDataset | None
     val_metric: ValidationCider | None
+    num_truncated: int = 0  # training captions longer than config.max_length words, cut to their first words
 
 
 def captioner_data(
@@ -150,7 +151,7 @@ def captioner_data(
             config.allow_unk,
             corpus_ids=np.unique(train.image_ids),  # document frequencies from all training + validation references
         )
-    return CaptionerData(encoded.vocab, train, val, val_metric)
+    return CaptionerData(encoded.vocab, train, val, val_metric, enc_train.num_truncated)
 
 
 @dataclasses.dataclass
@@ -178,6 +179,7 @@ def train_captioner(
     extra: dict[str, Any] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainedCaptioner:
     """Train a captioner on the captions of `train_ids`, choosing its best epoch on `val_ids`.
 
@@ -185,10 +187,13 @@ def train_captioner(
     `out_dir`, checkpoints/history/curves are written there (`best.npz` is the returned model). `resume`: continue
     the run saved in that checkpoint, with its own vocabulary, model and settings; features that differ from those
     the run was trained on are refused unless `allow_other_features` (`Trainer.from_checkpoint`). `max_seconds`: a
-    time budget for this call (the run stops resumably when it runs out).
+    time budget for this call (the run stops resumably when it runs out). `on_epoch`: told each epoch's record
+    (`Trainer`; progress reports).
     """
     t0 = time.perf_counter()
-    common: dict[str, Any] = {"encoder": encoder, "progress": progress, "log": log, "plot": out_dir is not None}
+    common: dict[str, Any] = {
+        "encoder": encoder, "progress": progress, "log": log, "plot": out_dir is not None, "on_epoch": on_epoch,
+    }  # fmt: skip
     if resume is not None:
         from minicap.checkpoint import load_checkpoint
 
@@ -218,6 +223,11 @@ def train_captioner(
             vocab=data.vocab,
             extra={"config": config.to_dict(), **(extra or {})},
             **common,
+        )
+    if log is not None:
+        log(
+            f"vocabulary: {len(data.vocab)} words (min count {config.min_count} in the training captions); "
+            f"{len(data.train)} training captions, {data.num_truncated} of them cut to {config.max_length} words"
         )
     result = trainer.fit(max_seconds=max_seconds)
     best = result.best_model if result.best_model is not None else result.model

@@ -345,6 +345,7 @@ _CONFIG_FLAGS: list[tuple[str, str, object, str]] = [
     ("--cell", "cell", ["lstm", "rnn"], "recurrent cell"),
     ("--hidden", "hidden_size", _positive_int, "hidden size H"),
     ("--wordvec", "wordvec_size", _positive_int, "word-vector size W"),
+    ("--dropout", "dropout", _fraction, "inverted dropout rate on word vectors and LSTM outputs (training)"),
     ("--attention-size", "attention_size", _positive_int, "attention size A (--model attention)"),
     ("--attention-reg", "attention_reg", _non_negative_float, "λ of the doubly stochastic regulariser (attention)"),
     ("--min-count", "min_count", _positive_int, "keep words seen at least this often in the training captions"),
@@ -573,6 +574,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", dest="old_seed", type=_non_negative_int, help="deprecated spelling of --fold-seed")
     p.add_argument("--out", metavar="FILE.json", help="also write the numbers (per fold, summary) here")
     p.add_argument("--cider-only", action="store_true", help="only CIDEr-D (pure Python; no Java needed)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no fold/epoch progress on stderr (by default: a bar on a terminal, else one line per epoch with an ETA)",
+    )
     _add_config_flags(p, skip=("--seed",))
     p.set_defaults(func=_run_evaluate)
 
@@ -612,7 +618,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 print(f"scores -> {args.out}")
             return 0
         coco, store = _evaluation_data(args)
-        cv = cross_validate(coco, store, args.folds, config, scorer, seed=fold_seed, log=print)
+        cv = cross_validate(
+            coco, store, args.folds, config, scorer, seed=fold_seed, log=print, progress=not args.no_progress
+        )
     except CocoDataMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,17 +11,19 @@ Used by `minicap demo` (one train/val/test split), `minicap evaluate --folds K` 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
+from tqdm import tqdm
 
 from minicap.baselines import NEAREST_NEIGHBOUR, baseline_captions
 from minicap.captioner import TrainedCaptioner, model_inputs, train_captioner
-from minicap.coco import CocoCaptions, fold_splits
+from minicap.coco import CocoCaptions, FoldSplit, fold_splits
 from minicap.config import CaptionerConfig
 from minicap.dataset import FeatureLookup, check_features_available
 from minicap.decode import generate_captions
@@ -34,6 +36,8 @@ __all__ = [
     "HoldoutResult",
     "holdout_evaluation",
     "CrossValidation",
+    "RunProgress",
+    "format_duration",
     "cross_validate",
 ]
 
@@ -81,6 +85,7 @@ def holdout_evaluation(
     extra: dict[str, Any] | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> HoldoutResult:
     """Train on `train_ids` (best epoch by `val_ids`), caption `test_ids` with the model (greedy and beam) and
     both baselines, and score all four against the test references.
@@ -97,7 +102,7 @@ def holdout_evaluation(
     seconds: dict[str, float] = {}
     captioner = train_captioner(
         coco, features, train_ids, val_ids, config, out_dir=out_dir, max_seconds=max_seconds, encoder=encoder,
-        extra=extra, progress=progress, log=log,
+        extra=extra, progress=progress, log=log, on_epoch=on_epoch,
     )  # fmt: skip
     seconds["train"] = captioner.seconds
     t0 = time.perf_counter()
@@ -220,6 +225,95 @@ class CrossValidation:
         }
 
 
+def format_duration(seconds: float) -> str:
+    """A duration for people: 42s, 1m02s, 24m, 1h05m."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+class RunProgress:
+    """Fold and epoch progress of a k-fold run, with an estimate of the time left.
+
+    On a terminal: one tqdm bar over all folds × epochs (tqdm's own ETA). Otherwise (a log file, CI): one plain line
+    per epoch, e.g. "fold 1/5, epoch 2/25: 12.3 s/epoch, elapsed 1m02s, ETA 24m".
+
+    ETA = (elapsed / epochs done) × epochs left, where the elapsed time includes everything done so far (validation,
+    decoding and scoring of finished folds), and a fold's epochs left are all of its `epochs` until it ends: the
+    estimate assumes no later fold stops early, so early stopping only makes the run end sooner. When a fold stops
+    early its unused epochs leave the count.
+
+    Use: `start_fold(f)`, then `epoch(record)` after each epoch (the Trainer's `on_epoch`), `end_fold()`, `close()`.
+    """
+
+    def __init__(
+        self,
+        folds: int,
+        epochs: int,
+        *,
+        stream: TextIO | None = None,
+        bar: bool | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.folds, self.epochs, self.clock = folds, epochs, clock
+        self.stream = stream if stream is not None else sys.stderr
+        self.use_bar = self.stream.isatty() if bar is None else bar
+        self.started = clock()
+        self.fold = 0
+        self.done = 0  # epochs finished over all folds
+        self.fold_epochs = 0  # epochs finished in the current fold
+        self.total = folds * epochs  # shrinks when a fold stops early
+        self.bar = (
+            tqdm(total=self.total, unit="epoch", file=self.stream, dynamic_ncols=True, desc="cross-validation")
+            if self.use_bar
+            else None
+        )
+
+    def start_fold(self, fold: int) -> None:
+        self.fold, self.fold_epochs = fold, 0
+
+    def eta(self) -> float | None:
+        """Seconds left, or None before the first epoch."""
+        if self.done == 0:
+            return None
+        return (self.clock() - self.started) / self.done * (self.total - self.done)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """An epoch of the current fold has ended (`record`: the Trainer's epoch record, with "seconds")."""
+        self.done += 1
+        self.fold_epochs += 1
+        seconds = float(record.get("seconds", 0.0)) + float(record.get("val_seconds") or 0.0)
+        elapsed = self.clock() - self.started
+        eta = self.eta()
+        if self.bar is not None:
+            self.bar.set_description(f"fold {self.fold}/{self.folds}, epoch {self.fold_epochs}/{self.epochs}")
+            self.bar.set_postfix_str(f"{seconds:.1f} s/epoch", refresh=False)
+            self.bar.update(1)
+        else:
+            print(
+                f"fold {self.fold}/{self.folds}, epoch {self.fold_epochs}/{self.epochs}: {seconds:.1f} s/epoch, "
+                f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta or 0.0)}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def end_fold(self) -> None:
+        """The current fold has ended; the epochs it did not run (early stopping) leave the total."""
+        self.total -= self.epochs - self.fold_epochs
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cross_validate(
     coco: CocoCaptions,
     features: FeatureLookup,
@@ -230,6 +324,7 @@ def cross_validate(
     seed: int = 0,
     val_fraction: float | None = None,
     log: Callable[[str], None] | None = None,
+    progress: RunProgress | bool = False,
 ) -> CrossValidation:
     """K-fold cross-validation by image of the captioner and both baselines.
 
@@ -239,6 +334,7 @@ def cross_validate(
     the test images and are scored. Folds pair the systems: the same test images, the same training images.
 
     coco: CocoCaptions whose every image has features in `features` (a FeatureStore or a FeatureTable).
+    progress: a RunProgress, or True for one on stderr (a bar on a terminal, a line per epoch otherwise).
     Returns a CrossValidation (per-fold scores, `summary()`, `paired()`, `table()`).
     """
     log = log or (lambda line: None)
@@ -246,28 +342,49 @@ def cross_validate(
     check_features_available(image_ids, features, "cross-validation")
     t0 = time.perf_counter()
     folds = []
-    for split in fold_splits(image_ids, k, seed, config.val_fraction if val_fraction is None else val_fraction):
-        result = holdout_evaluation(coco, features, split.train, split.val, split.test, config, scorer)
-        train = result.captioner.result
-        folds.append(
-            {
-                "fold": split.fold,
-                "n_train": len(split.train),
-                "n_val": len(split.val),
-                "n_test": len(split.test),
-                "scores": result.scores,
-                "best_epoch": train.best_epoch,
-                "epochs": train.epochs,
-                "stopped": train.stopped,
-                "train_seconds": result.seconds["train"],
-                "seconds": float(sum(result.seconds.values())),
-            }
-        )
-        beam = result.scores[model_beam(config.beam_size)]
-        nn_row = result.scores[NEAREST_NEIGHBOUR]
-        log(
-            f"fold {split.fold}/{k}: {len(split.train)}/{len(split.val)}/{len(split.test)} images, best epoch "
-            f"{train.best_epoch}/{train.epochs} ({train.stopped}, {result.seconds['train']:.0f} s); "
-            + ", ".join(f"{m} {beam[m]:.3f} vs NN {nn_row[m]:.3f}" for m in ("BLEU-4", "CIDEr") if m in beam)
-        )
+    report = RunProgress(k, config.epochs) if progress is True else (progress or None)
+    try:
+        for split in fold_splits(image_ids, k, seed, config.val_fraction if val_fraction is None else val_fraction):
+            if report is not None:
+                report.start_fold(split.fold)
+            result = holdout_evaluation(
+                coco, features, split.train, split.val, split.test, config, scorer,
+                on_epoch=None if report is None else report.epoch,
+            )  # fmt: skip
+            if report is not None:
+                report.end_fold()
+            folds.append(_fold_record(split, result))
+            log(_fold_line(split, k, result, config))
+    finally:
+        if report is not None:
+            report.close()
     return CrossValidation(folds, config, k, seed, time.perf_counter() - t0)
+
+
+def _fold_record(split: FoldSplit, result: HoldoutResult) -> dict[str, Any]:
+    train = result.captioner.result
+    return {
+        "fold": split.fold,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "scores": result.scores,
+        "best_epoch": train.best_epoch,
+        "epochs": train.epochs,
+        "stopped": train.stopped,
+        "train_seconds": result.seconds["train"],
+        "epoch_seconds": [e["seconds"] for e in train.history["epochs"]],  # training only
+        "val_seconds": [e["val_seconds"] for e in train.history["epochs"]],  # validation loss and CIDEr-D
+        "seconds": float(sum(result.seconds.values())),
+    }
+
+
+def _fold_line(split: FoldSplit, k: int, result: HoldoutResult, config: CaptionerConfig) -> str:
+    train = result.captioner.result
+    beam = result.scores[model_beam(config.beam_size)]
+    nn_row = result.scores[NEAREST_NEIGHBOUR]
+    return (
+        f"fold {split.fold}/{k}: {len(split.train)}/{len(split.val)}/{len(split.test)} images, best epoch "
+        f"{train.best_epoch}/{train.epochs} ({train.stopped}, {result.seconds['train']:.0f} s); "
+        + ", ".join(f"{m} {beam[m]:.3f} vs NN {nn_row[m]:.3f}" for m in ("BLEU-4", "CIDEr") if m in beam)
+    )

@@ -52,6 +52,8 @@ __all__ = [
     "CheckResult",
     "EqualityResult",
     "compare",
+    "check_dropout",
+    "check_caption_dropout",
     "all_checks",
     "run_all_checks",
     "STEP_MAX_REL",
@@ -247,6 +249,46 @@ def check_temporal_softmax_loss(seed: int = 0) -> list[CheckResult]:
     logits_ref = logits.astype(REFERENCE_DTYPE)
     numeric = numerical_gradient(lambda: nn.temporal_softmax_loss(logits_ref, targets, mask)[0], logits_ref)
     return [compare("temporal_softmax_loss", "logits", dlogits, numeric, STEP_MAX_REL)]
+
+
+def check_dropout(seed: int = 0) -> list[CheckResult]:
+    """Inverted dropout with a FIXED mask (drawn once, then passed in): forward and backward are then the same
+    linear map x -> x ⊙ m, which centred differences can check like any other layer."""
+    rng = np.random.default_rng(seed)
+    inputs = {"x": rng.standard_normal((3, 4, 5))}
+    mask = nn.dropout_mask((3, 4, 5), 0.4, rng, np.dtype(np.float64))
+    out, cache = nn.dropout_forward(inputs["x"], 0.4, mask=mask)
+    dout = rng.standard_normal(out.shape)
+    dx = nn.dropout_backward(dout, cache)
+    mask_ref = mask.astype(REFERENCE_DTYPE)
+    fwd = lambda x: nn.dropout_forward(x, 0.4, mask=mask_ref)[0]  # noqa: E731
+    return _check_array_function("dropout", fwd, inputs, {"x": dx}, dout, STEP_MAX_REL)
+
+
+DROPOUT_SEED = 7  # the generator seed that fixes the caption model's dropout masks in the checks below
+
+
+def check_caption_dropout(fast: bool = False, seed: int = 0) -> list[CheckResult]:
+    """The caption model's TRAINING loss with dropout (rate 0.3 on the word vectors and the LSTM outputs), the masks
+    fixed by giving every evaluation a fresh generator with the same seed (`dropout_mask` draws in float32, so the
+    float64 model and its extended-precision copy get the very same masks)."""
+    features, captions = small_caption_batch(seed)
+    f_ref = features.astype(REFERENCE_DTYPE)
+    results = []
+    for cell in ("lstm", "rnn"):
+        model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64, dropout=0.3)
+        model.fast = fast
+        _, grads = model.loss(features, captions, rng=np.random.default_rng(DROPOUT_SEED))
+        reference = model.astype(REFERENCE_DTYPE)
+
+        def loss(reference: SequenceModel = reference) -> np.floating:
+            return reference.loss(f_ref, captions, backward=False, rng=np.random.default_rng(DROPOUT_SEED))[0]
+
+        for name in sorted(model.params):
+            numeric = numerical_gradient(loss, reference.params[name])
+            function = f"CaptionModel({cell}) dropout{' [fast]' if fast else ''}"
+            results.append(compare(function, name, grads[name], numeric, SEQUENCE_MAX_REL))
+    return results
 
 
 def check_mse_loss(seed: int = 0) -> list[CheckResult]:
@@ -690,6 +732,17 @@ def check_fast_equals_reference(seed: int = 0) -> list[EqualityResult]:
         results.append(equal(label, "loss", loss_fast, loss_ref, FORWARD_EQUAL))
         for name in sorted(grads_ref):
             results.append(equal(label, name, grads_fast[name], grads_ref[name], GRADIENT_EQUAL))
+    features, captions = small_caption_batch(seed)
+    for cell in ("lstm", "rnn"):  # with dropout: the same generator state gives both paths the same masks
+        model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64, dropout=0.3)
+        label = f"CaptionModel({cell}) dropout"
+        model.fast = False
+        loss_ref, grads_ref = model.loss(features, captions, rng=np.random.default_rng(DROPOUT_SEED))
+        model.fast = True
+        loss_fast, grads_fast = model.loss(features, captions, rng=np.random.default_rng(DROPOUT_SEED))
+        results.append(equal(label, "loss", loss_fast, loss_ref, FORWARD_EQUAL))
+        for name in sorted(grads_ref):
+            results.append(equal(label, name, grads_fast[name], grads_ref[name], GRADIENT_EQUAL))
     return results
 
 
@@ -701,6 +754,7 @@ def all_checks() -> list[CheckResult | EqualityResult]:
         check_word_embedding,
         check_temporal_affine,
         check_temporal_softmax_loss,
+        check_dropout,
         check_mse_loss,
         check_rnn_step,
         check_lstm_step,
@@ -713,6 +767,7 @@ def all_checks() -> list[CheckResult | EqualityResult]:
             results += check_sequence(cell, fast)
             results += check_sequence(cell, fast, lengths=(6, 4, 4, 1, 0))  # variable lengths, longest first
         results += check_models(fast)
+        results += check_caption_dropout(fast)
     results += attention_checks()
     results += check_sequence("gru")  # the GRU has the readable loop only
     results += check_sequence("gru", lengths=(6, 4, 4, 1, 0))

@@ -17,7 +17,8 @@ What differs from model to model is passed in, never copied into a second loop:
     train_data, val_data   `minicap.dataset.Dataset`s: len, batch(indices) -> the arguments of model.loss, and
                            epoch(rng, batch_size) -> this epoch's batches (fresh data for the adding problem)
     val_metric             callable(model) -> float, higher is better (the captioner's validation CIDEr-D)
-    loss_fn                callable(model, batch) -> (loss, grads); default model.loss(*batch). Truncated BPTT
+    loss_fn                callable(model, batch) -> (loss, grads); default model.loss(*batch) (a model with
+                           dropout also gets the update's generator, `Trainer._model_loss`). Truncated BPTT
                            passes one that carries the recurrent state from one chunk to the next
                            (`minicap.models.language.CarriedState`, reading a `StreamDataset`).
     stop_when              callable(history) -> a reason to stop, or None (lesson 01 stops once a task is solved)
@@ -297,10 +298,6 @@ def validation_loss(model: SequenceModel, data: Dataset, batch_size: int = 256) 
     return total / count
 
 
-def _default_loss(model: SequenceModel, batch: Any) -> tuple[np.floating, dict[str, np.ndarray]]:
-    return model.loss(*batch)
-
-
 # ================================================================================================ the trainer
 
 
@@ -320,6 +317,8 @@ class Trainer:
         evaluated after every epoch and is the criterion for best.npz and early stopping instead of the val loss.
     loss_fn : `callable(model, batch) -> (loss, grads)`; default `model.loss(*batch)`.
     stop_when : `callable(history) -> str | None`, asked after every epoch: a string stops the run with that reason.
+    on_epoch : `callable(record)`, told after every epoch (its history record: epoch, seconds, losses, ...) once
+        its files are written; progress reports of long runs (`minicap.experiments.RunProgress`) listen here.
     on_divergence : "raise" (TrainingDiverged, the default) or "stop" (the run ends with stopped = "diverged").
     vocab, encoder, extra : recorded in checkpoints (the vocabulary, what made the features, free JSON).
     progress : show a tqdm progress bar (only on a terminal). log : where one line per epoch goes (None: nowhere).
@@ -338,6 +337,7 @@ class Trainer:
         val_metric: Callable[[SequenceModel], float] | None = None,
         loss_fn: LossFn | None = None,
         stop_when: Callable[[dict[str, Any]], str | None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
         on_divergence: str = "raise",
         vocab: Vocabulary | None = None,
         encoder: dict[str, Any] | None = None,
@@ -377,7 +377,8 @@ class Trainer:
             for name in (LAST, BEST, HISTORY, CURVES):  # what a killed writer of these files left behind
                 remove_stale_temporaries(self._path(name))
         self.val_metric, self.stop_when, self.on_divergence = val_metric, stop_when, on_divergence
-        self.loss_fn = loss_fn or _default_loss
+        self.on_epoch = on_epoch
+        self.loss_fn = loss_fn or self._model_loss
         self.progress, self.log, self.plot = progress, log or (lambda line: None), plot
 
         self.batches_per_epoch = train_data.batches_per_epoch(self.config.batch_size)
@@ -656,6 +657,14 @@ class Trainer:
         steps["lr"].append(self.optimizer.lr)
         return float(loss), len(batch[0])  # every loss takes a batch of examples first (features, words, x)
 
+    def _model_loss(self, model: SequenceModel, batch: Any) -> tuple[np.floating, dict[str, np.ndarray]]:
+        """The default loss: model.loss(*batch). A model with dropout (`model.dropout` > 0) also gets this update's
+        generator for its masks, default_rng((seed, step)): the masks depend only on the seed and the update, so a
+        run resumed from any checkpoint draws the same masks as a run never stopped, bit for bit."""
+        if getattr(model, "dropout", 0.0) > 0:
+            return model.loss(*batch, rng=np.random.default_rng((self.config.seed, self.state.step)))
+        return model.loss(*batch)
+
     def _validate(self) -> tuple[float | None, float | None]:
         """(validation loss, validation metric), each None when not configured."""
         val_loss = None
@@ -729,6 +738,8 @@ class Trainer:
             f"{record['examples_per_second']:.0f} examples/s ({record['seconds']:.1f} s)"
             + (" *best*" if improved else "")
         )
+        if self.on_epoch is not None:
+            self.on_epoch(record)
 
     # ------------------------------------------------------------------------------------------ files
 

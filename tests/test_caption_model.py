@@ -120,6 +120,7 @@ def test_seeded_initialisation_and_config_round_trip():
         "cell": "lstm",
         "dtype": "float64",
         "seed": 3,
+        "dropout": 0.0,
     }
     rebuilt = CaptionModel.from_config(a.config, {k: v * 2 for k, v in a.params.items()})
     assert rebuilt.config == a.config and rebuilt.constants == {}

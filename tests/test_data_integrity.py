@@ -267,6 +267,28 @@ def test_the_vocabulary_holds_the_words_trained_on_not_the_tail_of_an_overlong_c
     assert counts[2:].tolist() == encoded.vocab.counts[2:]  # <END>, <UNK> and every word
 
 
+def test_training_says_how_many_captions_were_cut_and_how_large_the_vocabulary_is(tmp_path):
+    from minicap.captioner import train_captioner
+    from minicap.config import CaptionerConfig
+
+    captions, features = crafted.run_files(tmp_path)
+    data = json.loads(captions.read_text())
+    data["annotations"][0]["caption"] = "a red dog on the grass " + " ".join(["again"] * 40)
+    captions.write_text(json.dumps(data))
+    coco, store = load_coco_captions(captions), FeatureStore.load(features)
+    train_ids = [i for i in store.ids if i != data["annotations"][0]["image_id"]][:17]
+    train_ids.append(data["annotations"][0]["image_id"])
+    lines: list[str] = []
+    config = CaptionerConfig(hidden_size=8, wordvec_size=4, min_count=1, epochs=1, early_stopping="loss")
+    trained = train_captioner(coco, store, train_ids, [i for i in store.ids if i not in train_ids][:2], config,
+                              log=lines.append)  # fmt: skip
+    said = [line for line in lines if line.startswith("vocabulary:")]
+    assert said == [
+        f"vocabulary: {len(trained.vocab)} words (min count 1 in the training captions); "
+        f"{sum(1 for i, _ in coco.captions if i in set(train_ids))} training captions, 1 of them cut to 16 words"
+    ]
+
+
 def test_a_changed_byte_in_a_checkpoint_is_caught_by_the_zip_crc(tmp_path):
     from minicap.checkpoint import CheckpointError, save_checkpoint
     from minicap.models import CaptionModel

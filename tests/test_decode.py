@@ -377,3 +377,15 @@ def test_sampling_can_continue_from_given_first_words():
     assert sample_from_state(model.step, state, V_SMALL, **cold).tolist() == [[A, A, A]] * 2  # <START> first
     with pytest.raises(ValueError, match="first_words"):
         sample_from_state(model.step, state, V_SMALL, first_words=np.array([A]))
+
+
+def test_masked_log_probs_in_row_blocks_is_bit_identical_to_one_log_softmax():
+    """decode._masked_log_probs works in blocks of rows; every row gets exactly the numbers of one log_softmax."""
+    from minicap.decode import _masked_log_probs
+
+    rng = np.random.default_rng(0)
+    for M, V in ((3, 11), (70, 5000), (1, 300000)):  # one block; several blocks and a partial last one; one row
+        logits = (rng.standard_normal((M, V)) * 3).astype(np.float32)
+        allowed = decodable_tokens(V)
+        expected = log_softmax(np.where(allowed, logits.astype(np.float64), -np.inf), axis=1)
+        np.testing.assert_array_equal(_masked_log_probs(logits, allowed), expected)

@@ -209,6 +209,100 @@ def test_words_loss_is_equal(masking, weight):
         assert nothing is None and loss_only == pytest.approx(float(loss_ref), rel=1e-12, abs=1e-15)
 
 
+# ------------------------------------------------------------------- the caption model's packed path
+
+
+def _pools() -> list:
+    """No pool, and pools of 2 and 3 threads that split even these few rows (min_rows=1)."""
+    return [None, nn.fast.RowPool(2, min_rows=1), nn.fast.RowPool(3, min_rows=1)]
+
+
+def test_pack_lays_out_running_positions_time_major():
+    packing = nn.fast.pack(LENGTHS, T)
+    np.testing.assert_array_equal(packing.batch_sizes, [6, 5, 5, 5, 3, 3, 3, 2, 2])
+    np.testing.assert_array_equal(packing.offsets, np.concatenate([[0], np.cumsum(packing.batch_sizes)]))
+    assert packing.index.size == LENGTHS.sum()
+    np.testing.assert_array_equal(packing.index[:7], [0 * T + 0, 1 * T + 0, 2 * T, 3 * T, 4 * T, 5 * T, 0 * T + 1])
+    with pytest.raises(ValueError, match="longest first"):
+        nn.fast.pack(LENGTHS[::-1].copy(), T)
+
+
+@pytest.mark.parametrize("pool", _pools(), ids=["no pool", "2 threads", "3 threads"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_lstm_equals_the_reference_loop(seed, pool):
+    """lstm_forward/backward_packed against nn.lstm_forward/backward with lengths (carried c0 included): h at
+    every packed position, and every gradient when the loss reads only packed positions."""
+    inputs = sequence_inputs("lstm", seed)
+    h_ref, cache_ref = nn.lstm_forward(**inputs, lengths=LENGTHS)
+    packing = nn.fast.pack(LENGTHS, T)
+    x_packed = inputs["x"].reshape(N * T, D)[packing.index]
+    workspace = nn.fast.Workspace()
+    h, cache = nn.fast.lstm_forward_packed(
+        x_packed, inputs["h0"], inputs["Wx"], inputs["Wh"], inputs["b"], packing, c0=inputs["c0"],
+        workspace=workspace, pool=pool,
+    )  # fmt: skip
+    differences = {"h": (max_abs_diff(h, h_ref.reshape(N * T, H)[packing.index]), FORWARD_EQUAL)}
+    dh_packed = np.random.default_rng(seed + 100).standard_normal(h.shape)
+    dh = np.zeros((N * T, H))
+    dh[packing.index] = dh_packed  # the reference sees the same gradient, 0 after each sequence's end
+    g_ref = nn.lstm_backward(dh.reshape(N, T, H), cache_ref)
+    dx, dh0, dc0, dWx, dWh, db = nn.fast.lstm_backward_packed(dh_packed.copy(), cache, workspace, pool)
+    differences["dx"] = (max_abs_diff(dx, g_ref.dx.reshape(N * T, D)[packing.index]), GRADIENT_EQUAL)
+    for name, fast in (("dh0", dh0), ("dc0", dc0), ("dWx", dWx), ("dWh", dWh), ("db", db)):
+        differences[name] = (max_abs_diff(fast, getattr(g_ref, name)), GRADIENT_EQUAL)
+    assert_equal_within(differences)
+    # dx is exactly 0 at padded positions on the reference path: nothing is lost by not computing them
+    assert np.all(np.delete(g_ref.dx.reshape(N * T, D), packing.index, axis=0) == 0.0)
+
+
+@pytest.mark.parametrize("pool", _pools(), ids=["no pool", "2 threads", "3 threads"])
+@pytest.mark.parametrize("block_rows", [1, 4, None])
+def test_packed_words_loss_equals_the_reference(block_rows, pool):
+    """words_loss_packed in blocks of 1, 4 or the default rows, over pools, against nn.words_loss on the same
+    rows (weights 0 where a position does not count, a hole included)."""
+    rng = np.random.default_rng(8)
+    K, V = 23, 17
+    h = rng.standard_normal((K, H))
+    targets = rng.integers(0, V, size=K)
+    counted = rng.random(K) > 0.2
+    W, b = rng.standard_normal((H, V)), rng.standard_normal(V)
+    weights = np.where(counted, 1.0 / 5, 0.0)
+    loss_ref, g_ref = nn.words_loss(h[None], targets[None], counted[None], W, b, 1.0 / 5)
+    loss, g = nn.fast.words_loss_packed(h, targets, weights, W, b, block_rows=block_rows, pool=pool)
+    differences = {"loss": (max_abs_diff(loss, loss_ref), FORWARD_EQUAL)}
+    for name, fast, ref in zip(("dh", "dW_vocab", "db_vocab"), g, (g_ref[0][0], *g_ref[1:]), strict=True):
+        differences[name] = (max_abs_diff(fast, ref), GRADIENT_EQUAL)
+    assert_equal_within(differences)
+    loss_only, nothing = nn.fast.words_loss_packed(h, targets, weights, W, b, backward=False, block_rows=block_rows)
+    assert nothing is None and float(loss_only) == pytest.approx(float(loss_ref), rel=1e-12)
+
+
+def test_caption_model_packed_with_a_thread_pool_and_a_reused_workspace(monkeypatch):
+    """CaptionModel's packed fast path with a 2-thread pool splitting every step equals the readable path;
+    its workspace, reused by the next batch (other lengths, other N), never leaks into returned gradients."""
+    monkeypatch.setattr(nn.fast, "_shared", [nn.fast.RowPool(2, min_rows=1)])
+    fast = CaptionModel(vocab_size=11, feature_size=7, wordvec_size=5, hidden_size=4, dtype=np.float64, seed=0)
+    readable = fast.copy()
+    readable.fast = False
+    batches = [_caption_batch(0), _caption_batch(1)]
+    batches[0][1][1, 3] = 0  # a hole: a <NULL> target inside a caption, masked but inside the packed positions
+    batches.append((batches[1][0][:4], batches[1][1][:4]))  # fewer captions: smaller packed arrays
+    empty = np.zeros_like(batches[0][1][:3])
+    empty[:, 0] = START
+    batches.append((batches[0][0][:3], empty))  # nothing to predict at all: K = 0 packed positions
+    first_loss, first_grads = fast.loss(*batches[0])
+    kept = {k: v.copy() for k, v in first_grads.items()}
+    for features, captions in batches:
+        loss_f, grads_f = fast.loss(features, captions)
+        loss_r, grads_r = readable.loss(features, captions)
+        differences = {"loss": (max_abs_diff(loss_f, loss_r), FORWARD_EQUAL)}
+        differences |= {k: (max_abs_diff(grads_f[k], grads_r[k]), GRADIENT_EQUAL) for k in grads_r}
+        assert_equal_within(differences)
+    for k, v in kept.items():  # the first call's gradients are untouched by the later calls
+        np.testing.assert_array_equal(first_grads[k], v)
+    assert fast._workspace.nbytes() > 0
+
+
 # ---------------------------------------------------------------------------------------------- the models
 
 
@@ -346,7 +440,9 @@ def test_float32_models_on_the_fast_path(label):
 
 def test_gradcheck_proves_fast_equals_reference():
     results = gradcheck.check_fast_equals_reference()
-    assert len(results) == 73 + 34  # + the attention captioner, λ = 0 and 1.5: loss and 16 gradients each
+    assert (
+        len(results) == 73 + 18 + 34
+    )  # + CaptionModel with dropout (both cells), the attention captioner (λ = 0, 1.5)
     assert all(isinstance(r, gradcheck.EqualityResult) for r in results)
     failed = [r.line() for r in results if not r.passed]
     assert not failed, failed
@@ -359,6 +455,8 @@ def test_gradcheck_proves_fast_equals_reference():
         "words_loss",
         "CaptionModel(lstm)",
         "CaptionModel(rnn)",
+        "CaptionModel(lstm) dropout",
+        "CaptionModel(rnn) dropout",
         "LSTMLanguageModel",
         "SequenceRegressor(lstm)",
         "SequenceRegressor(rnn)",
@@ -384,6 +482,13 @@ def test_a_slightly_wrong_fast_path_is_caught(monkeypatch):
         return g._replace(dWh=g.dWh * 1.001)
 
     monkeypatch.setattr(nn.fast, "lstm_backward", off)
+    original_packed = nn.fast.lstm_backward_packed  # the caption model's packed LSTM: the same slip
+
+    def off_packed(dh, cache, *args, **kwargs):
+        dx, dh0, dc0, dWx, dWh, db = original_packed(dh, cache, *args, **kwargs)
+        return dx, dh0, dc0, dWx, dWh * 1.001, db
+
+    monkeypatch.setattr(nn.fast, "lstm_backward_packed", off_packed)
     differences = sequence_differences("lstm", LENGTHS)
     assert differences["dWh"][0] > GRADIENT_EQUAL
     with pytest.raises(AssertionError, match="dWh"):

@@ -175,17 +175,21 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert "FAIL" not in out
-    # 26 step-level + 2 × (3 words_loss + 22 sequence + 32 model) + 6 GRU regressor + 12 GRU sequence gradient
-    # checks (the GRU has no fast path), then 73 fast == reference lines. Soft attention adds 51 + 24 (its fast
-    # decoder) function checks, 2 × 32 model checks (λ = 0 and 1.5, 16 parameters, both paths) and 2 × 17 (models)
-    # + 2 × 14 (the decoder, with and without lengths) fast == reference lines.
-    assert lines[-1] == "432/432 checks passed"
-    assert sum("fast == reference" in line for line in lines) == 73 + 34 + 28
+    # 27 step-level (dropout included) + 2 × (3 words_loss + 22 sequence + 32 model + 16 caption model with
+    # dropout) + 6 GRU regressor + 12 GRU sequence gradient checks (the GRU has no fast path), then 91 fast ==
+    # reference lines (18 of them the caption model with dropout). Soft attention adds 51 + 24 (its fast decoder)
+    # function checks, 2 × 32 model checks (λ = 0 and 1.5, 16 parameters, both paths) and 2 × 17 (models) + 2 × 14
+    # (the decoder, with and without lengths) fast == reference lines.
+    assert lines[-1] == "483/483 checks passed"
+    assert sum("fast == reference" in line for line in lines) == 91 + 34 + 28
     parsed = [LINE.match(line) for line in lines[:-1]]
     assert all(parsed), "every line but the summary is one check"
     functions = {m["function"] for m in parsed}
     for name in (
         "affine",
+        "dropout",
+        "CaptionModel(lstm) dropout",
+        "CaptionModel(rnn) dropout [fast]",
         "lstm_step",
         "rnn_step",
         "gru_step",
@@ -224,7 +228,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     monkeypatch.setattr(gradcheck, "check_affine", failing)
     assert cli_main(["gradcheck"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "429/432 checks passed — FAILED"
+    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "480/483 checks passed — FAILED"
 
 
 def test_cli_gradcheck_fails_when_fast_differs_from_reference(capsys, monkeypatch):

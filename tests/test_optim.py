@@ -560,3 +560,24 @@ def test_schedule_steps_must_be_non_negative_integers():
     with pytest.raises(TypeError):
         s(1.5)
     assert s(np.int64(5)) == s(5)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_in_cache_sized_pieces_gives_the_same_numbers_bit_for_bit(weight_decay):
+    """Adam.chunk splits large contiguous arrays into pieces; every element sees the same operations, so the
+    parameters after several steps are identical to the whole-array update (a non-contiguous one included)."""
+    rng = np.random.default_rng(0)
+    start = {"a": rng.standard_normal((10, 13)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+    start["c"] = np.asfortranarray(rng.standard_normal((6, 4)).astype(np.float32))  # not C-contiguous: whole
+    runs = {}
+    for chunk in (0, 7):
+        params = {k: v.copy(order="K") for k, v in start.items()}
+        opt = Adam(lr=1e-2, weight_decay=weight_decay)
+        opt.chunk = chunk
+        grad_rng = np.random.default_rng(1)
+        for _ in range(3):
+            opt.step(params, {k: grad_rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()})
+        runs[chunk] = params
+    for k in start:
+        np.testing.assert_array_equal(runs[7][k], runs[0][k])
+        assert not np.array_equal(runs[7][k], start[k])

@@ -428,8 +428,8 @@ def captured_folds(monkeypatch):
 
     calls = []
 
-    def fake(coco, store, k, config, scorer, *, seed, log):
-        calls.append({"k": k, "config": config, "seed": seed, "scorer": scorer})
+    def fake(coco, store, k, config, scorer, *, seed, log, progress):
+        calls.append({"k": k, "config": config, "seed": seed, "scorer": scorer, "progress": progress})
         return SimpleNamespace(table=lambda: "the table", seconds=0.0, k=k, to_dict=lambda: {"seed": seed})
 
     monkeypatch.setattr(minicap.experiments, "cross_validate", fake)
@@ -441,7 +441,7 @@ def test_cli_evaluate_seed_is_a_deprecated_spelling_of_fold_seed(captured_folds,
     data = ["--features", str(result.features), "--captions", str(coco_dir / "captions.json"), "--cider-only"]
     base = ["evaluate", "--folds", "4", *data]
     assert main(base) == 0
-    assert captured_folds[-1] == {"k": 4, "config": CaptionerConfig(), "seed": 0, "scorer": None}
+    assert captured_folds[-1] == {"k": 4, "config": CaptionerConfig(), "seed": 0, "scorer": None, "progress": True}
     assert "deprecated" not in capsys.readouterr().err
 
     assert main([*base, "--seed", "7"]) == 0  # the old spelling still works, with a note

@@ -576,6 +576,7 @@ FLAG_VALUES = {
     "--cell": ("rnn", "rnn"),
     "--hidden": ("12", 12),
     "--wordvec": ("10", 10),
+    "--dropout": ("0.35", 0.35),
     "--min-count": ("2", 2),
     "--max-length": ("9", 9),
     "--split-seed": ("4", 4),

@@ -16,6 +16,11 @@ of arrays, gradients a dict with the same keys, so optimisers and checkpoints ne
     W_vocab (H, V), b_vocab (V,)       hidden state -> word scores
 
 Letters: N batch, T time steps, W word-vector size, H hidden size, V vocabulary size, F image-feature size.
+
+In training (a loss given a generator `rng`), inverted dropout with rate `dropout` acts where Show and Tell's
+im2txt puts it: on the word vectors x before the LSTM and on its outputs h before the word scores. The image
+projection and the recurrent connections h_{t−1} -> h_t are left alone. Validation losses and decoding use the
+whole network (inverted dropout scaled the kept units in training, so nothing is rescaled here).
 """
 
 from __future__ import annotations
@@ -48,7 +53,12 @@ class CaptionModel(SequenceModel):
     seed : initialisation seed; the same seed gives the same parameters bit for bit.
     word_counts : optional (V,) counts of each word as a training target: the output bias then starts at
         log p(word) (`log_frequency_bias`), so the untrained model already predicts the unigram distribution.
+    dropout : rate p of the inverted dropout on the word vectors and on the LSTM outputs in training (0: none).
     """
+
+    # On the fast path the LSTM runs packed (`_loss_packed`); False keeps the fast functions' (N, T, ·) interface,
+    # for benchmarks/bench_train_step.py --reference to measure what packing buys.
+    packed: bool = True
 
     def __init__(
         self,
@@ -60,6 +70,7 @@ class CaptionModel(SequenceModel):
         dtype: npt.DTypeLike = np.float32,
         seed: int = 0,
         word_counts: np.ndarray | None = None,
+        dropout: float = 0.0,
     ) -> None:
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
@@ -72,6 +83,9 @@ class CaptionModel(SequenceModel):
         ):
             if int(size) < 1:
                 raise ValueError(f"{name} must be >= 1, got {size}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
         self.vocab_size = int(vocab_size)
         self.feature_size = int(feature_size)
         self.wordvec_size = int(wordvec_size)
@@ -84,6 +98,8 @@ class CaptionModel(SequenceModel):
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
         self.params = self._init_params(word_counts)
+        # The fast path's temporaries, kept from one `loss` call to the next (never returned: see nn.fast.Workspace)
+        self._workspace: nn.fast.Workspace | None = None
 
     # ------------------------------------------------------------------------------------------- parameters
 
@@ -122,6 +138,7 @@ class CaptionModel(SequenceModel):
             "cell": self.cell,
             "dtype": self.dtype.name,
             "seed": self.seed,
+            "dropout": self.dropout,
         }
 
     @property
@@ -162,7 +179,11 @@ class CaptionModel(SequenceModel):
     # -------------------------------------------------------------------------------------------- the loss
 
     def loss(
-        self, features: np.ndarray, captions: np.ndarray, backward: bool = True
+        self,
+        features: np.ndarray,
+        captions: np.ndarray,
+        backward: bool = True,
+        rng: np.random.Generator | None = None,
     ) -> tuple[np.floating, dict[str, np.ndarray]]:
         """Training loss and the gradient of every parameter.
 
@@ -171,6 +192,9 @@ class CaptionModel(SequenceModel):
             The network reads captions[:, :-1] and must predict captions[:, 1:] (the same words shifted by one);
             targets that are <NULL> or come after the first <END> are masked out (`minicap.tokens.target_mask`).
         backward: False skips the backward pass (validation), returning an empty grads dict.
+        rng: a training loss: the dropout masks (rate `self.dropout`) are drawn from this generator. None (the
+            default; validation): no dropout. The same generator state gives the same masks on both paths and in
+            every dtype, which is how the gradient checks fix them.
 
         Returns (loss, grads): loss = summed masked cross-entropy / N (nats per caption), a NumPy scalar of the
         model's dtype; grads has the keys of `self.params`.
@@ -188,14 +212,21 @@ class CaptionModel(SequenceModel):
         order = np.argsort(-lengths, kind="stable")
         features, captions, mask, lengths = features[order], captions[order], mask[order], lengths[order]
         words_in, targets = captions[:, :-1], captions[:, 1:]
+        if self.fast and self.packed and self.cell == "lstm":
+            return self._loss_packed(features, words_in, targets, mask, lengths, backward, rng)
 
         # Forward: image -> h0; words -> vectors; recurrence; scores and loss (Σ cross-entropy / N).
         h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
         x, embed_cache = nn.word_embedding_forward(words_in, p["W_embed"])
+        dropping = rng is not None and self.dropout > 0
+        if dropping:
+            x, drop_x = nn.dropout_forward(x, self.dropout, rng)  # (N, T, W): some word-vector entries zeroed
         if self.cell == "lstm":
             h, rec_cache = seq.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
         else:
             h, rec_cache = seq.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"], lengths=lengths)
+        if dropping:
+            h, drop_h = nn.dropout_forward(h, self.dropout, rng)  # (N, T, H): some LSTM outputs zeroed
         loss, vocab_grads = seq.words_loss(h, targets, mask, p["W_vocab"], p["b_vocab"], 1.0 / N, backward)
         if vocab_grads is None:
             return loss, {}
@@ -203,11 +234,76 @@ class CaptionModel(SequenceModel):
         # Backward: the same path in reverse.
         grads: dict[str, np.ndarray] = {}
         dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        if dropping:
+            dh = nn.dropout_backward(dh, drop_h)
         if self.cell == "lstm":
             dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = seq.lstm_backward(dh, rec_cache)
         else:
             dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = seq.rnn_backward(dh, rec_cache)
+        if dropping:
+            dx = nn.dropout_backward(dx, drop_x)
         grads["W_embed"] = nn.word_embedding_backward(dx, embed_cache)
+        _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
+        return loss, grads
+
+    def _loss_packed(
+        self,
+        features: np.ndarray,
+        words_in: np.ndarray,
+        targets: np.ndarray,
+        mask: np.ndarray,
+        lengths: np.ndarray,
+        backward: bool,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.floating, dict[str, np.ndarray]]:
+        """`loss` on the fast path for the LSTM (`self.fast`): the same numbers, every array packed (only the
+        positions up to each caption's end, time-major: `nn.fast.pack`), temporaries in a workspace kept from
+        step to step. The batch arrives sorted longest first. Dropout draws the readable path's (N, T, ·) masks
+        from `rng` in the same order (word vectors, then LSTM outputs) and keeps their packed rows."""
+        p, fast = self.params, nn.fast
+        N, T = words_in.shape
+        if self._workspace is None:
+            self._workspace = fast.Workspace()
+        ws, pool = self._workspace, fast.shared_pool()
+        packing = fast.pack(lengths, T)
+        words = words_in.reshape(N * T)[packing.index]  # (K,) the words read at the packed positions
+        counted = mask.reshape(N * T)[packing.index]  # (K,) all True unless a caption has a hole
+        weights = np.where(counted, self.dtype.type(1.0 / N), self.dtype.type(0.0))
+
+        h0, proj_cache = nn.affine_forward(features, p["W_proj"], p["b_proj"])
+        x, embed_cache = nn.word_embedding_forward(words[None, :], p["W_embed"])  # (1, K, W)
+        x = x[0]
+        dropping = rng is not None and self.dropout > 0
+        if dropping:  # the masks the readable path draws for x (N, T, W) and h (N, T, H), at the packed rows
+            W, H = x.shape[1], self.hidden_size
+            drop_x = nn.dropout_mask((N, T, W), self.dropout, rng, self.dtype).reshape(N * T, W)[packing.index]
+            drop_h = nn.dropout_mask((N, T, H), self.dropout, rng, self.dtype).reshape(N * T, H)[packing.index]
+            x = x * drop_x
+        h, rec_cache = fast.lstm_forward_packed(x, h0, p["Wx"], p["Wh"], p["b"], packing, workspace=ws, pool=pool)
+        if dropping:
+            h = h * drop_h
+        loss, vocab_grads = fast.words_loss_packed(
+            h,
+            targets.reshape(N * T)[packing.index],
+            weights,
+            p["W_vocab"],
+            p["b_vocab"],
+            backward,
+            workspace=ws,
+            pool=pool,
+        )
+        if vocab_grads is None:
+            return loss, {}
+        grads: dict[str, np.ndarray] = {}
+        dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        if dropping:
+            dh = dh * drop_h
+        dx, dh0, _dc0, grads["Wx"], grads["Wh"], grads["b"] = fast.lstm_backward_packed(
+            dh, rec_cache, workspace=ws, pool=pool
+        )
+        if dropping:
+            dx *= drop_x
+        grads["W_embed"] = nn.word_embedding_backward(dx[None], embed_cache)
         _dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, proj_cache)
         return loss, grads
 
@@ -233,5 +329,6 @@ class CaptionModel(SequenceModel):
         else:
             h, _ = nn.rnn_step_forward(x, state.h, p["Wx"], p["Wh"], p["b"])
             c = None
-        logits = h @ p["W_vocab"] + p["b_vocab"]
+        logits = h @ p["W_vocab"]
+        logits += p["b_vocab"]  # in place: one (N, V) array, not two
         return logits, State(h, c)

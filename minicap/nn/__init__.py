@@ -2,7 +2,7 @@
 
 Read in this order:
 
-    layers.py  affine, word embedding, temporal affine, masked softmax loss, MSE loss, stable sigmoid
+    layers.py  affine, word embedding, inverted dropout, temporal affine, masked softmax loss, MSE loss, stable sigmoid
     rnn.py     vanilla tanh RNN: one step forward/backward; a whole sequence as a loop over the step (BPTT)
     lstm.py    LSTM: one step forward/backward; a whole sequence as a loop over the step (BPTT); truncated BPTT
     gru.py     GRU: one step forward/backward; a whole sequence as a loop over the step (BPTT)
@@ -29,10 +29,14 @@ from minicap.nn.gru import (
 )
 from minicap.nn.layers import (
     AffineCache,
+    DropoutCache,
     EmbeddingCache,
     TemporalAffineCache,
     affine_backward,
     affine_forward,
+    dropout_backward,
+    dropout_forward,
+    dropout_mask,
     log_softmax,
     mse_loss,
     sigmoid,
@@ -73,10 +77,14 @@ __all__ = [
     "attention",
     "fast",
     "AffineCache",
+    "DropoutCache",
     "EmbeddingCache",
     "TemporalAffineCache",
     "affine_backward",
     "affine_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "dropout_mask",
     "log_softmax",
     "mse_loss",
     "sigmoid",

@@ -1,4 +1,5 @@
-"""Feed-forward layers and the losses: affine, word embedding, temporal affine, masked temporal softmax loss, MSE.
+"""Feed-forward layers and the losses: affine, word embedding, inverted dropout, temporal affine, masked temporal
+softmax loss, MSE.
 
 Every layer is a pair of pure functions:
 
@@ -26,6 +27,10 @@ __all__ = [
     "EmbeddingCache",
     "word_embedding_forward",
     "word_embedding_backward",
+    "DropoutCache",
+    "dropout_mask",
+    "dropout_forward",
+    "dropout_backward",
     "TemporalAffineCache",
     "temporal_affine_forward",
     "temporal_affine_backward",
@@ -132,6 +137,52 @@ def word_embedding_backward(dout: np.ndarray, cache: EmbeddingCache) -> np.ndarr
         (np.ones(words.size, dtype=dout.dtype), (words, np.arange(words.size))), shape=(cache.vocab_size, words.size)
     )
     return np.asarray(one_hot_t @ dout.reshape(-1, D))
+
+
+# ------------------------------------------------------------------------------------------ inverted dropout
+
+
+class DropoutCache(NamedTuple):
+    mask: np.ndarray  # (same shape as x) keep / (1 − p): 0 where a unit was dropped, 1 / (1 − p) where it was kept
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator, dtype: np.dtype) -> np.ndarray:
+    """The scaled keep mask of inverted dropout: m = keep / (1 − p), keep ~ Bernoulli(1 − p) per entry.
+
+    The uniform numbers are drawn in float32 whatever `dtype` is, so one generator state gives the same mask in
+    float32 (training) and in float64 or extended precision (gradient checks).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout rate p must be in [0, 1), got {p}")
+    keep = rng.random(shape, dtype=np.float32) >= p
+    return keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
+
+
+def dropout_forward(
+    x: np.ndarray, p: float, rng: np.random.Generator | None = None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, DropoutCache]:
+    """Inverted dropout (Srivastava et al. 2014): zero each entry with probability p, scale the survivors.
+
+        out = x ⊙ m,    m = keep / (1 − p),   keep ~ Bernoulli(1 − p)        E[out] = x
+
+    Scaling by 1 / (1 − p) at TRAINING time keeps every unit's expected value, so at evaluation (and decoding)
+    the network is used as it is: no dropout, no rescaling (that is what "inverted" means).
+
+    x: any shape; p: the dropout rate in [0, 1); the mask is drawn from `rng` (`dropout_mask`), or given as `mask`
+    (the same shape as x; gradient checks fix it this way). p = 0 keeps everything (mask of ones).
+    """
+    if mask is None:
+        if rng is None:
+            raise ValueError("dropout_forward needs a generator `rng` to draw its mask, or a fixed `mask`")
+        mask = dropout_mask(x.shape, p, rng, x.dtype)
+    elif mask.shape != x.shape:
+        raise ValueError(f"dropout mask has shape {mask.shape}, input has {x.shape}")
+    return x * mask, DropoutCache(mask)
+
+
+def dropout_backward(dout: np.ndarray, cache: DropoutCache) -> np.ndarray:
+    """dx = dout ⊙ m: a dropped unit passes no gradient, a kept one passes it scaled by 1 / (1 − p)."""
+    return dout * cache.mask
 
 
 # ------------------------------------------------------------------------------------------ temporal affine
