@@ -3,7 +3,8 @@
 
     CocoCaptions + split ──encode_splits──▶ vocabulary (training captions only) + encoded captions
     features (a FeatureLookup) ──────────▶ CaptionDataset for training and for validation
-    CaptionerConfig ──new_captioner───────▶ CaptionModel: output bias at log word frequencies, features standardised
+    CaptionerConfig ──new_captioner───────▶ CaptionModel (or AttentionCaptionModel): output bias at log word
+                                            frequencies, features standardised
     Trainer (minicap.train) + ValidationCider ──▶ the best epoch by validation CIDEr-D of greedy captions
 
 Everything here is configured by one `CaptionerConfig`; nothing holds a default of its own.
@@ -21,14 +22,16 @@ import numpy as np
 
 from minicap.coco import CocoCaptions, encode_splits
 from minicap.config import CaptionerConfig
-from minicap.dataset import CaptionDataset, FeatureLookup, feature_statistics
+from minicap.dataset import AnnotationLookup, CaptionDataset, FeatureLookup, feature_statistics
 from minicap.decode import greedy
 from minicap.metrics import CiderD
-from minicap.models import CaptionModel
+from minicap.models import AttentionCaptionModel, CaptionModel
 from minicap.text import Vocabulary, tokenize
 from minicap.train import Trainer, TrainResult
 
 __all__ = [
+    "CAPTIONERS",
+    "model_inputs",
     "new_captioner",
     "ValidationCider",
     "CaptionerData",
@@ -38,15 +41,29 @@ __all__ = [
 ]
 
 
-def new_captioner(config: CaptionerConfig, vocab: Vocabulary, train_data: CaptionDataset) -> CaptionModel:
-    """A fresh CaptionModel for `vocab` as `config` describes it: the output bias started at the training
-    captions' log word frequencies, and (with `standardise_features`) the features standardised with statistics of
-    the TRAINING images only (validation and test images must not leak into the model)."""
-    model = CaptionModel(
+# The captioners of the model contract, by the configuration's `model` field.
+CAPTIONERS = {"meanpool": CaptionModel, "attention": AttentionCaptionModel}
+
+
+def model_inputs(features: FeatureLookup, config: CaptionerConfig) -> FeatureLookup:
+    """What the configured captioner reads for each image: the pooled feature vectors (N, F) of `features`, or for
+    the attention captioner its spatial maps as annotation vectors (N, L, F) (`AnnotationLookup`). The baselines
+    always read the pooled vectors."""
+    return AnnotationLookup(features) if config.model == "attention" else features
+
+
+def new_captioner(
+    config: CaptionerConfig, vocab: Vocabulary, train_data: CaptionDataset
+) -> CaptionModel | AttentionCaptionModel:
+    """A fresh captioner (`config.model`) for `vocab` as `config` describes it: the output bias started at the
+    training captions' log word frequencies, and (with `standardise_features`) the features standardised with
+    statistics of the TRAINING images only (validation and test images must not leak into the model)."""
+    model = CAPTIONERS[config.model](
         len(vocab), train_data.feature_size, word_counts=vocab.word_frequencies(), **config.model_options
     )
     if config.standardise_features:
-        model.set_feature_standardisation(*feature_statistics(train_data.image_ids, train_data.features))
+        chunk = 256 if config.model == "attention" else 4096  # annotations are L = 49 times larger per image
+        model.set_feature_standardisation(*feature_statistics(train_data.image_ids, train_data.features, chunk))
     return model
 
 
@@ -82,7 +99,7 @@ class ValidationCider:
         self.cider = CiderD([tokenize(c) for c in references[i]] for i in corpus)
         self.max_length, self.allow_unk = max_length, allow_unk
 
-    def __call__(self, model: CaptionModel) -> float:
+    def __call__(self, model: CaptionModel | AttentionCaptionModel) -> float:
         ids = greedy(model, self.features, max_length=self.max_length, allow_unk=self.allow_unk)
         scores = [
             self.cider.score(self.vocab.decode_tokens(row), refs)
@@ -114,7 +131,9 @@ def captioner_data(
 ) -> CaptionerData:
     """Vocabulary, datasets and validation metric of a split (shared with benchmarks/peer_torch.py, so that both
     frameworks train on exactly the same arrays). `vocab`: use this vocabulary (a resumed run keeps its own).
-    Missing features: one MissingFeaturesError naming the count and the first ids, before any model exists."""
+    Missing features: one MissingFeaturesError naming the count and the first ids, before any model exists.
+    `features` are the stored (pooled) ones; the datasets read `model_inputs(features, config)`."""
+    features = model_inputs(features, config)
     encoded = encode_splits(coco, {"train": train_ids, "val": val_ids}, config.min_count, config.max_length, vocab)
     enc_train, enc_val = encoded["train"], encoded["val"]
     assert enc_train is not None
@@ -139,7 +158,7 @@ def captioner_data(
 class TrainedCaptioner:
     """A captioner trained on one split: the best epoch's model, its vocabulary and the training record."""
 
-    model: CaptionModel
+    model: CaptionModel | AttentionCaptionModel
     vocab: Vocabulary
     result: TrainResult
     seconds: float
@@ -179,7 +198,7 @@ def train_captioner(
         from minicap.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(resume)
-        if not isinstance(ckpt.model, CaptionModel) or ckpt.vocab is None:
+        if not isinstance(ckpt.model, tuple(CAPTIONERS.values())) or ckpt.vocab is None:
             raise ValueError(f"{resume} does not hold a captioner (it holds a {type(ckpt.model).__name__})")
         data = captioner_data(coco, features, train_ids, val_ids, config, vocab=ckpt.vocab)
         out = out_dir if out_dir is not None else Path(resume).parent
@@ -212,5 +231,5 @@ def train_captioner(
         )
     result = trainer.fit(max_seconds=max_seconds)
     best = result.best_model if result.best_model is not None else result.model
-    assert isinstance(best, CaptionModel)
+    assert isinstance(best, tuple(CAPTIONERS.values()))
     return TrainedCaptioner(best, data.vocab, result, time.perf_counter() - t0)

@@ -335,10 +335,19 @@ _fraction = _number(float, 0, high=1)
 
 # flag, CaptionerConfig field, type, help (the default is read from CaptionerConfig and added to the help)
 _CONFIG_FLAGS: list[tuple[str, str, object, str]] = [
+    (
+        "--model",
+        "model",
+        ["meanpool", "attention"],
+        "captioner: one pooled vector, or soft attention over the spatial "
+        "maps (needs features extracted with --spatial)",
+    ),
     ("--cell", "cell", ["lstm", "rnn"], "recurrent cell"),
     ("--hidden", "hidden_size", _positive_int, "hidden size H"),
     ("--wordvec", "wordvec_size", _positive_int, "word-vector size W"),
     ("--dropout", "dropout", _fraction, "inverted dropout rate on word vectors and LSTM outputs (training)"),
+    ("--attention-size", "attention_size", _positive_int, "attention size A (--model attention)"),
+    ("--attention-reg", "attention_reg", _non_negative_float, "λ of the doubly stochastic regulariser (attention)"),
     ("--min-count", "min_count", _positive_int, "keep words seen at least this often in the training captions"),
     ("--max-length", "max_length", _positive_int, "longest training caption in words; longer ones are cut"),
     ("--split-seed", "split_seed", _non_negative_int, "seed of the train/val/test split by image"),
@@ -651,8 +660,10 @@ def _evaluation_data(args: argparse.Namespace) -> tuple[CocoCaptions, FeatureSto
 
     if args.coco is not None:
         folder = find_coco(args.coco)
-        encoder = ensure_encoder(args.work, log=print)
-        store = ensure_features(folder, encoder, f"{args.work}/features.pkl", progress=False, log=print)
+        spatial = args.model == "attention"  # the attention captioner reads the spatial maps
+        encoder = ensure_encoder(args.work, log=print, spatial=spatial)
+        name = "features_spatial.pkl" if spatial else "features.pkl"
+        store = ensure_features(folder, encoder, f"{args.work}/{name}", progress=False, log=print, spatial=spatial)
         return captions_with_features(load_coco_captions(folder.captions), store, print), store
     store = FeatureStore.load(args.features)
     coco = load_coco_captions(args.captions)
@@ -673,6 +684,13 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="captioner, e.g. runs/demo/model/best.npz")
     p.add_argument("--beam", type=_positive_int, default=1, metavar="K", help="beam width; 1 = greedy (default 1)")
     p.add_argument("--encoder", metavar="FILE.onnx", help="the encoder file (default: the one the checkpoint names)")
+    p.add_argument(
+        "--attention",
+        action="store_true",
+        help="attention captioner only: also write IMAGE-STEM_attention.png, the caption word by word beside the "
+        "photo with each word's attention map overlaid (the figure of Show, Attend and Tell)",
+    )
+    p.add_argument("--figures", metavar="DIR", default=".", help="where --attention writes its figures (default .)")
     p.set_defaults(func=_run_caption)
 
 
@@ -682,12 +700,20 @@ def _run_caption(args: argparse.Namespace) -> int:
     from minicap.vision.store import FeatureStoreError
 
     try:
-        run = caption_files(args.images, args.checkpoint, beam_size=args.beam, encoder=args.encoder)
+        run = caption_files(
+            args.images,
+            args.checkpoint,
+            beam_size=args.beam,
+            encoder=args.encoder,
+            attention_dir=args.figures if args.attention else None,
+        )
     except (OSError, ValueError, FeatureStoreError) as e:  # missing/corrupt checkpoint, missing/wrong encoder
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path, caption in run.captions:
         print(f"{path}: {caption}")
+    for path, figure in run.figures:
+        print(f"{path}: attention figure -> {figure}")
     for path, reason in run.failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not run.captions:

@@ -22,8 +22,12 @@ __all__ = ["CaptionerConfig"]
 class CaptionerConfig:
     """How a captioner is built, trained and decoded.
 
-    Model:     cell ("lstm" | "rnn"), hidden_size H, wordvec_size W, dropout (inverted dropout rate on the word
-               vectors and the LSTM outputs in training, as in Show and Tell; 0 = none)
+    Model:     model ("meanpool": one pooled feature vector sets h0, Show and Tell; "attention": soft attention over
+               the L = h·w annotation vectors of the spatial maps at every word, Show, Attend and Tell), cell
+               ("lstm" | "rnn"; the attention decoder is an LSTM), hidden_size H, wordvec_size W, dropout (inverted
+               dropout rate on the word vectors and the LSTM outputs in training, as in Show and Tell; 0 = none;
+               the mean-pooled captioner only); attention only: attention_size A, attention_reg (λ of the doubly
+               stochastic regulariser)
     Text:      min_count (a word needs this many training occurrences, else <UNK>), max_length (words per
                training caption; longer ones are truncated)
     Split:     by image (`minicap.coco.split_images`): test_fraction of the images, at least min_test_images and at
@@ -60,10 +64,13 @@ class CaptionerConfig:
     """
 
     # model
+    model: str = "meanpool"
     cell: str = "lstm"
     hidden_size: int = 256
     wordvec_size: int = 128
     dropout: float = 0.0
+    attention_size: int = 256
+    attention_reg: float = 1.0
     # text
     min_count: int = 3
     max_length: int = 16
@@ -95,6 +102,18 @@ class CaptionerConfig:
     def __post_init__(self) -> None:
         if self.cell not in ("lstm", "rnn"):
             raise ValueError(f'cell must be "lstm" or "rnn", got {self.cell!r}')
+        if self.model not in ("meanpool", "attention"):
+            raise ValueError(f'model must be "meanpool" or "attention", got {self.model!r}')
+        if self.model == "attention" and self.cell != "lstm":
+            raise ValueError("the attention captioner's decoder is an LSTM: use cell='lstm' with model='attention'")
+        if self.model == "attention" and self.dropout:
+            raise ValueError(
+                "dropout is implemented for the mean-pooled captioner only: use dropout=0 with the attention one"
+            )
+        if int(self.attention_size) < 1:
+            raise ValueError(f"attention_size must be >= 1, got {self.attention_size}")
+        if not (math.isfinite(self.attention_reg) and self.attention_reg >= 0):
+            raise ValueError(f"attention_reg must be a finite number >= 0, got {self.attention_reg}")
         positive = ("hidden_size", "wordvec_size", "min_count", "max_length", "min_test_images", "epochs")
         for name in (*positive, "batch_size", "beam_size", "decode_max_length", "nn_k"):
             if int(getattr(self, name)) < 1:
@@ -126,7 +145,16 @@ class CaptionerConfig:
 
     @property
     def model_options(self) -> dict[str, Any]:
-        """The CaptionModel constructor's share: cell, hidden_size, wordvec_size, seed, dropout."""
+        """The model constructor's share: CaptionModel's cell, hidden_size, wordvec_size, seed, dropout; or
+        AttentionCaptionModel's hidden_size, wordvec_size, attention_size, reg, seed."""
+        if self.model == "attention":
+            return {
+                "hidden_size": self.hidden_size,
+                "wordvec_size": self.wordvec_size,
+                "attention_size": self.attention_size,
+                "reg": self.attention_reg,
+                "seed": self.seed,
+            }
         return {
             "cell": self.cell,
             "hidden_size": self.hidden_size,

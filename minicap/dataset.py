@@ -35,6 +35,7 @@ __all__ = [
     "missing_feature_ids",
     "check_features_available",
     "feature_statistics",
+    "AnnotationLookup",
     "CaptionBatch",
     "CaptionDataset",
 ]
@@ -286,24 +287,54 @@ def feature_statistics(
     unique = np.unique(np.asarray(image_ids, dtype=np.int64))
     if unique.size == 0:
         raise ValueError("no images to compute feature statistics from")
-    total = np.zeros(0)
+    total, count = np.zeros(0), 0
     for start in range(0, unique.size, chunk):
         x = np.asarray(features.lookup(unique[start : start + chunk]), dtype=np.float64)
+        x = x.reshape(-1, x.shape[-1])  # annotations (n, L, F): every location of every image, per channel
         total = x.sum(axis=0) if total.size == 0 else total + x.sum(axis=0)
-    mean = total / unique.size
+        count += x.shape[0]
+    mean = total / count
     squares = np.zeros_like(mean)
     for start in range(0, unique.size, chunk):
         x = np.asarray(features.lookup(unique[start : start + chunk]), dtype=np.float64)
-        squares += ((x - mean) ** 2).sum(axis=0)
-    return mean, np.sqrt(squares / unique.size)
+        squares += ((x.reshape(-1, x.shape[-1]) - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(squares / count)
+
+
+class AnnotationLookup:
+    """The annotation vectors of an attention captioner: `lookup(ids) -> (M, L, F)` float32, a feature store's
+    spatial maps (M, h, w, F) read as L = h·w vectors (row-major over the grid: location i is row i // w, column
+    i % w). `source` is anything with `lookup_spatial(ids)` (a FeatureStore with spatial maps); stores keep them as
+    float16 on disk and in memory, and each batch is widened to float32 here."""
+
+    def __init__(self, source: Any) -> None:
+        if not hasattr(source, "lookup_spatial"):
+            raise TypeError(f"{type(source).__name__} has no spatial maps (lookup_spatial); extract with --spatial")
+        if getattr(source, "spatial", True) is None:
+            raise ValueError(
+                "this feature store has no spatial maps; an attention captioner needs them: "
+                "re-extract with `minicap extract --spatial` (an encoder built with --spatial)"
+            )
+        self.source = source
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) of the feature map."""
+        return tuple(self.source.spatial.shape[1:3])  # type: ignore[return-value]
+
+    def lookup(self, image_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        maps = np.asarray(self.source.lookup_spatial(image_ids))
+        return maps.reshape(maps.shape[0], -1, maps.shape[-1]).astype(np.float32)
+
+    __call__ = lookup
 
 
 # ============================================================================================ captions
 
 
 class CaptionBatch(NamedTuple):
-    """One minibatch, the arguments of `CaptionModel.loss`: features (N, F), captions (N, T+1) int32 trimmed to
-    the batch's longest caption."""
+    """One minibatch, the arguments of `CaptionModel.loss`: features (N, F) (annotations (N, L, F) for the
+    attention captioner), captions (N, T+1) int32 trimmed to the batch's longest caption."""
 
     features: np.ndarray
     captions: np.ndarray
@@ -338,8 +369,8 @@ class CaptionDataset(Dataset):
 
     @property
     def feature_size(self) -> int:
-        """F, the length of the feature vectors the lookup gives."""
-        return int(np.asarray(self.features.lookup(self.image_ids[:1])).shape[1])
+        """F, the length of the feature vectors the lookup gives (of each annotation vector, for (N, L, F))."""
+        return int(np.asarray(self.features.lookup(self.image_ids[:1])).shape[-1])
 
     def batch(self, key: np.ndarray) -> CaptionBatch:
         """Rows `key` (e.g. from `minibatches`) with their features.

@@ -10,6 +10,9 @@ Every decoder starts each caption with <START> and feeds back the word it chose.
 
 Conventions shared by the decoders:
 
+* A model whose state has an `alpha` field (the attention captioner, `minicap.models.attention`) reports where it
+  looked for each word; `greedy(..., return_attention=True)` and `beam_search(..., return_attention=True)` return
+  those maps with the words, and beam search keeps every hypothesis' maps, reordered with its tokens.
 * `max_length` is the most tokens generated per caption, <END> included: a caption is either k < max_length words
   followed by <END>, or max_length words cut off there (no <END>).
 * The result is an int32 array (N, max_length): the generated ids, then <NULL> (= 0) after <END>.
@@ -69,8 +72,8 @@ class Decodable(Protocol):
 
 def _check_args(model: Decodable, features: np.ndarray, max_length: int) -> np.ndarray:
     features = np.asarray(features)
-    if features.ndim != 2:
-        raise ValueError(f"features must be (N, F), got shape {features.shape}")
+    if features.ndim not in (2, 3):
+        raise ValueError(f"features must be (N, F) (or annotations (N, L, F)), got shape {features.shape}")
     if int(max_length) != max_length or max_length < 1:
         raise ValueError(f"max_length must be an integer >= 1, got {max_length}")
     return features
@@ -93,11 +96,19 @@ def _masked_log_probs(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- greedy
 
 
-def greedy(model: Decodable, features: np.ndarray, max_length: int = 20, allow_unk: bool = False) -> np.ndarray:
+def greedy(
+    model: Decodable,
+    features: np.ndarray,
+    max_length: int = 20,
+    allow_unk: bool = False,
+    return_attention: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The most likely next word at every step: features (N, F) -> ids (N, max_length) int32.
 
     Fast and deterministic, but short-sighted: a likely first word can lead to a caption that is less likely
     overall than one starting with a less likely word (beam search looks further).
+    return_attention: also return (N, max_length, L) float64, the attention map of every generated token (0 after
+    the caption's <END>); the model's state must carry `alpha`.
     """
     features = _check_args(model, features, max_length)
     N = features.shape[0]
@@ -106,15 +117,28 @@ def greedy(model: Decodable, features: np.ndarray, max_length: int = 20, allow_u
     words = np.full(N, START, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
     state = model.initial_state(features)
+    maps = _attention_buffer(state, (N, max_length), return_attention)
     for t in range(max_length):
         logits, state = model.step(words, state)
         words = np.where(allowed, logits, -np.inf).argmax(axis=1)
         words[done] = NULL  # a finished caption is padded (its row is still computed: simpler, and cheap)
         ids[:, t] = words
+        if maps is not None:
+            maps[:, t] = np.where(done[:, None], 0.0, state.alpha)  # type: ignore[attr-defined]
         done |= words == END
         if done.all():
             break
-    return ids
+    return ids if maps is None else (ids, maps)
+
+
+def _attention_buffer(state: tuple, shape: tuple[int, ...], wanted: bool) -> np.ndarray | None:
+    """Zeros of shape (*shape, L) for the attention maps, when wanted (the model's state must carry `alpha`)."""
+    if not wanted:
+        return None
+    alpha = getattr(state, "alpha", None)
+    if alpha is None:
+        raise ValueError("return_attention needs a model that attends (its state has no `alpha`)")
+    return np.zeros((*shape, alpha.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------------- sampling
@@ -243,6 +267,7 @@ class BeamStep(NamedTuple):
     word_log_probs: np.ndarray  # (N, B) float64: log P of the token this step added (0 once finished)
     parents: np.ndarray  # (N, B) int: which hypothesis of the previous step each one extends
     finished: np.ndarray  # (N, B) bool: has emitted <END>
+    alphas: np.ndarray | None = None  # (N, B, t + 1, L): each hypothesis' attention maps (attending models only)
 
 
 def beam_search(
@@ -254,7 +279,8 @@ def beam_search(
     allow_unk: bool = False,
     return_scores: bool = False,
     trace: list[BeamStep] | None = None,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    return_attention: bool = False,
+) -> np.ndarray | tuple[np.ndarray, ...]:
     """Keep the `beam_size` most probable partial captions at every step; return the best finished one per image.
 
     features (N, F) -> ids (N, max_length) int32; with `return_scores`, also (N,) float64 total log-probabilities
@@ -276,6 +302,9 @@ def beam_search(
     −∞) and the first B candidates are B different words.
 
     trace: a list to which every step appends its beam (a `BeamStep`), to watch the search (lesson 06).
+    return_attention: also return (N, max_length, L), the attention maps of the returned captions' tokens (0 after
+        <END>), after the scores if those are asked for too. Every hypothesis keeps its own maps: they are reordered
+        with its tokens at every step (and are in the trace).
     """
     if int(beam_size) != beam_size or beam_size < 1:
         raise ValueError(f"beam_size must be an integer >= 1, got {beam_size}")
@@ -286,7 +315,10 @@ def beam_search(
     allowed = decodable_tokens(V, allow_unk)
 
     state = model.initial_state(features)
-    state = State(*(None if s is None else np.repeat(s, B, axis=0) for s in state))  # rows n·B + b
+    remake = type(state)  # State, or a model's own state type (the attention captioner's carries α and a)
+    state = remake(*(None if s is None else np.repeat(s, B, axis=0) for s in state))  # rows n·B + b
+    keep_maps = return_attention or (trace is not None and getattr(state, "alpha", None) is not None)
+    maps = _attention_buffer(state, (N, B, max_length), keep_maps)
     words = np.full(N * B, START, dtype=np.int64)
     tokens = np.full((N, B, max_length), NULL, dtype=np.int32)
     scores = np.full((N, B), -np.inf)
@@ -308,13 +340,20 @@ def beam_search(
         tokens = tokens[image, parent]  # each new hypothesis copies its parent's tokens...
         tokens[:, :, t] = word  # ...and adds its word
         was_finished = finished[image, parent]
+        if maps is not None:  # ... and its maps, plus the map its parent's row used for this word
+            alpha = state.alpha.reshape(N, B, -1)[image, parent]  # type: ignore[attr-defined]
+            maps = maps[image, parent]
+            maps[:, :, t] = np.where(was_finished[:, :, None], 0.0, alpha)
         lengths = lengths[image, parent] + ~was_finished
         finished = was_finished | (word == END)
         if trace is not None:
             word_log_p = np.where(np.isfinite(scores), scores - np.where(np.isfinite(previous), previous, 0.0), -np.inf)
-            trace.append(BeamStep(tokens[:, :, : t + 1].copy(), scores.copy(), word_log_p, parent, finished.copy()))
+            step_maps = None if maps is None else maps[:, :, : t + 1].copy()
+            trace.append(
+                BeamStep(tokens[:, :, : t + 1].copy(), scores.copy(), word_log_p, parent, finished.copy(), step_maps)
+            )
         rows = (image * B + parent).reshape(-1)
-        state = State(*(None if s is None else s[rows] for s in state))
+        state = remake(*(None if s is None else s[rows] for s in state))
         words = word.reshape(-1)
         if finished.all():
             break
@@ -322,7 +361,13 @@ def beam_search(
     ranked = scores / length_penalty_factor(np.maximum(lengths, 1), length_penalty)
     choice = ranked.argmax(axis=1)
     ids = tokens[np.arange(N), choice]
-    return (ids, scores[np.arange(N), choice]) if return_scores else ids
+    out: tuple[np.ndarray, ...] = (ids,)
+    if return_scores:
+        out += (scores[np.arange(N), choice],)
+    if return_attention:
+        assert maps is not None
+        out += (maps[np.arange(N), choice],)
+    return out if len(out) > 1 else ids
 
 
 # --------------------------------------------------------------------------------------------------- scoring, text

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minicap.baselines import NEAREST_NEIGHBOUR, baseline_captions
-from minicap.captioner import TrainedCaptioner, train_captioner
+from minicap.captioner import TrainedCaptioner, model_inputs, train_captioner
 from minicap.coco import CocoCaptions, FoldSplit, fold_splits
 from minicap.config import CaptionerConfig
 from minicap.dataset import FeatureLookup, check_features_available
@@ -106,7 +106,7 @@ def holdout_evaluation(
     )  # fmt: skip
     seconds["train"] = captioner.seconds
     t0 = time.perf_counter()
-    hypotheses = model_hypotheses(captioner, features.lookup(test_ids), test_ids, config)
+    hypotheses = model_hypotheses(captioner, model_inputs(features, config).lookup(test_ids), test_ids, config)
     seconds["decode"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     hypotheses.update(baseline_captions(coco, features, train_ids, test_ids, config.nn_k))
@@ -128,7 +128,8 @@ def holdout_evaluation(
 def model_hypotheses(
     captioner: TrainedCaptioner, test_features: np.ndarray, test_ids: np.ndarray, config: CaptionerConfig
 ) -> dict[str, dict[int, str]]:
-    """{MODEL_GREEDY: {id: caption}, model_beam(B): {...}} for test images with features (N, F)."""
+    """{MODEL_GREEDY: {id: caption}, model_beam(B): {...}} for test images with features (N, F) (or annotations
+    (N, L, F) for the attention captioner)."""
     out = {}
     for beam, name in ((1, MODEL_GREEDY), (config.beam_size, model_beam(config.beam_size))):
         texts = generate_captions(

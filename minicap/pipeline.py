@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from minicap.baselines import NEAREST_NEIGHBOUR, baseline_captions
-from minicap.captioner import TrainedCaptioner, train_captioner
+from minicap.captioner import TrainedCaptioner, model_inputs, train_captioner
 from minicap.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from minicap.coco import (
     CocoCaptions,
@@ -63,7 +63,7 @@ from minicap.metrics import (
     score_systems,
     write_coco_results,
 )
-from minicap.models import CaptionModel
+from minicap.models import AttentionCaptionModel, CaptionModel
 from minicap.safe_io import atomic_write_json, sha256_file
 from minicap.text import Vocabulary
 from minicap.vision.store import FeatureStore, FeatureStoreError
@@ -96,22 +96,30 @@ DEMO_TIME_BUDGET = 100.0
 # ============================================================================================ encoder, features
 
 
-def ensure_encoder(work_dir: str | os.PathLike, arch: str = "efficientnet_lite0", log: Log | None = None) -> Path:
-    """`work_dir/<arch>.onnx`, built from the installed pretrained weights unless a valid one is already there."""
+def ensure_encoder(
+    work_dir: str | os.PathLike, arch: str = "efficientnet_lite0", log: Log | None = None, spatial: bool = False
+) -> Path:
+    """`work_dir/<arch>.onnx` (`<arch>_spatial.onnx` with `spatial`: it also outputs the last feature map, for the
+    attention captioner), built from the installed pretrained weights unless a valid one is already there."""
+    import onnx
+
     from minicap.vision.encoders import build_encoder, read_encoder_metadata, save_encoder
 
     log = log or (lambda line: None)
-    path = Path(work_dir) / f"{arch}.onnx"
+    path = Path(work_dir) / f"{arch}{'_spatial' if spatial else ''}.onnx"
     if path.is_file():
         try:
-            if read_encoder_metadata(path)["arch"] == arch:
+            outputs = (
+                {o.name for o in onnx.load(str(path), load_external_data=False).graph.output} if spatial else set()
+            )
+            if read_encoder_metadata(path)["arch"] == arch and (not spatial or "spatial" in outputs):
                 log(f"encoder: reusing {path}")
                 return path
         except ValueError:
             pass  # not a minicap encoder (or damaged): rebuild it below
         log(f"encoder: {path} is not a usable {arch} encoder; rebuilding it")
     t0 = time.perf_counter()
-    save_encoder(build_encoder(arch), path)
+    save_encoder(build_encoder(arch, spatial=spatial), path)
     log(f"encoder: built {arch} from its pretrained weights (no torch) -> {path} ({time.perf_counter() - t0:.1f} s)")
     return path
 
@@ -123,6 +131,7 @@ def ensure_features(
     progress: bool = True,
     log: Log | None = None,
     coco: CocoCaptions | None = None,
+    spatial: bool = False,
 ) -> FeatureStore:
     """The FeatureStore of every photo of `folder` (or only of `coco`'s images) at `features_path`: extracted
     once, then reused.
@@ -137,11 +146,12 @@ def ensure_features(
     paths = locate_photos(coco if coco is not None else folder.captions, folder.images).everything()
     if coco is not None:
         paths = {i: p for i, p in paths.items() if i in coco.images}
-    store = extract_features(paths, encoder_path, features_path, progress=progress)
+    store = extract_features(paths, encoder_path, features_path, progress=progress, spatial=spatial)
     run = store.manifest["extraction"]
     log(
         f"features: {run['extracted']} extracted, {run['reused']} reused, {run['skipped']} unreadable "
         f"({run['seconds']:.1f} s) -> {features_path}: {len(store)} images x {store.feature_size}"
+        + (f", spatial maps {store.spatial_shape}" if store.spatial is not None else "")
     )
     for s in store.skipped[:5]:
         log(f"  skipped image {s['id']} ({s['path']}): {s['reason']}")
@@ -272,9 +282,13 @@ def run_demo(
     coco = load_coco_captions(folder.captions)
     if max_images is not None:
         coco = coco.subset(coco.image_ids()[:max_images])
-    encoder_path = Path(encoder) if encoder is not None else ensure_encoder(out, arch, log)
-    features_path = out / "features.pkl"
-    store = ensure_features(folder, encoder_path, features_path, progress, log, coco)
+    spatial = config.model == "attention"  # the attention captioner reads the spatial maps
+    if encoder is not None:
+        encoder_path = Path(encoder)
+    else:  # the spatial encoder only when asked: the mean-pooled captioner's call is unchanged
+        encoder_path = ensure_encoder(out, arch, log, spatial=True) if spatial else ensure_encoder(out, arch, log)
+    features_path = out / ("features_spatial.pkl" if spatial else "features.pkl")
+    store = ensure_features(folder, encoder_path, features_path, progress, log, coco, spatial)
     seconds["features"] = time.perf_counter() - t0
 
     coco = captions_with_features(coco, store, log)
@@ -333,6 +347,8 @@ def run_demo(
         references=[refs[i] for i in shown],
         titles=[f"image {i} (held out)" for i in shown],
     )
+    if config.model == "attention" and shown:  # the paper's figure for the first held-out photo
+        _demo_attention_figure(result, store, coco_photo_path(folder, coco, shown[0]), shown[0], config, out)
     seconds["files"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
 
@@ -376,6 +392,30 @@ def run_demo(
         features=features_path,
         seconds=seconds,
         holdout=result,
+    )
+
+
+def _demo_attention_figure(
+    result: HoldoutResult, store: FeatureStore, photo: Path, image_id: int, config: CaptionerConfig, out: Path
+) -> Path:
+    """out/attention_maps.png: one held-out photo's greedy caption, each word with its attention map."""
+    from minicap.dataset import AnnotationLookup
+    from minicap.decode import greedy
+    from minicap.plots import encoder_crop, plot_attention
+    from minicap.tokens import END, NULL
+    from minicap.vision.encoders.spec import load_rgb, preprocess
+
+    model, vocab = result.captioner.model, result.captioner.vocab
+    lookup = AnnotationLookup(store)
+    ids, maps = greedy(model, lookup.lookup([image_id]), config.decode_max_length, config.allow_unk, True)
+    n = int(np.sum(ids[0] != NULL))
+    words = [vocab.idx_to_word[int(w)] if int(w) != END else "<end>" for w in ids[0, :n]]
+    spec = store.spec
+    if spec is None:
+        raise ValueError("the feature store records no EncoderSpec: the photo's crop cannot be drawn")
+    crop = encoder_crop(preprocess(load_rgb(photo), spec), spec.mean, spec.std)
+    return plot_attention(
+        crop, words, maps[0, :n], lookup.grid, out / "attention_maps.png", f"image {image_id} (held out)"
     )
 
 
@@ -518,11 +558,13 @@ class EncoderNotFound(FileNotFoundError):
     """The encoder a checkpoint was trained with cannot be found, or the file given is another encoder."""
 
 
-def load_captioner(checkpoint: str | os.PathLike) -> tuple[Checkpoint, CaptionModel, Vocabulary, CaptionerConfig]:
+def load_captioner(
+    checkpoint: str | os.PathLike,
+) -> tuple[Checkpoint, CaptionModel | AttentionCaptionModel, Vocabulary, CaptionerConfig]:
     """A trained captioner from its checkpoint: (checkpoint, model, vocabulary, the configuration it was trained
     with — CaptionerConfig() for a checkpoint that records none). CheckpointError for anything else."""
     ckpt = load_checkpoint(checkpoint)
-    if not isinstance(ckpt.model, CaptionModel) or ckpt.vocab is None:
+    if not isinstance(ckpt.model, (CaptionModel, AttentionCaptionModel)) or ckpt.vocab is None:
         raise CheckpointError(f"{checkpoint} holds a {type(ckpt.model).__name__}, not a captioner")
     config = CaptionerConfig.from_dict(ckpt.extra["config"]) if "config" in ckpt.extra else CaptionerConfig()
     return ckpt, ckpt.model, ckpt.vocab, config
@@ -580,11 +622,13 @@ def resolve_encoder(checkpoint: Checkpoint, encoder: str | os.PathLike | None = 
 
 @dataclasses.dataclass
 class CaptionRun:
-    """captions: [(image path, caption)] in the order given; failures: [(image path, reason)]."""
+    """captions: [(image path, caption)] in the order given; failures: [(image path, reason)]; figures: the
+    attention figures written (image path, figure path), when asked for."""
 
     captions: list[tuple[Path, str]]
     failures: list[tuple[Path, str]]
     encoder: Path
+    figures: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
 
 
 def caption_files(
@@ -594,6 +638,7 @@ def caption_files(
     beam_size: int = 1,
     encoder: str | os.PathLike | None = None,
     batch_size: int = 16,
+    attention_dir: str | os.PathLike | None = None,
 ) -> CaptionRun:
     """Caption image files with a trained checkpoint: JPEG -> ONNX encoder -> standardise -> decode -> text.
 
@@ -601,6 +646,11 @@ def caption_files(
     and the model standardises the features with its saved training statistics; decoding follows the configuration
     the checkpoint was trained with. Unreadable images are skipped and listed in `failures`; a feature size that
     does not fit the model raises ValueError.
+
+    An attention captioner reads the encoder's spatial maps (the encoder must have been built with --spatial, as
+    the one it was trained with was). attention_dir: write `<image stem>_attention.png` there for every image, the
+    caption word by word beside the photo with each word's attention map (`minicap.plots.plot_attention`); only
+    for an attention captioner.
     """
     from PIL import Image
 
@@ -628,15 +678,65 @@ def caption_files(
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             # Pillow: UnidentifiedImageError (an OSError) for non-images, OSError for truncated files.
             failures.append((p, f"not a readable image ({type(e).__name__}: {e})"))
+    attends = isinstance(model, AttentionCaptionModel)
+    if attention_dir is not None and not attends:
+        raise ValueError(f"{checkpoint} holds a mean-pooled captioner: it has no attention maps to draw")
     captions: list[tuple[Path, str]] = []
+    figures: list[tuple[Path, Path]] = []
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start : start + batch_size]
-        features, _ = onnx.run(np.stack([x for _, x in chunk]))
-        texts = generate_captions(
-            model, vocab, features, beam_size, config.decode_max_length, config.allow_unk, config.length_penalty
-        )
+        images = np.stack([x for _, x in chunk])
+        features, maps = onnx.run(images, spatial=attends)
+        if attends:
+            assert maps is not None
+            grid = maps.shape[1:3]
+            features = maps.reshape(maps.shape[0], -1, maps.shape[-1])  # (n, L, F) annotation vectors
+        if attention_dir is None:
+            texts = generate_captions(
+                model, vocab, features, beam_size, config.decode_max_length, config.allow_unk, config.length_penalty
+            )
+        else:
+            texts, new = _attention_figures(model, vocab, config, chunk, features, grid, beam_size, onnx.spec,
+                                            Path(attention_dir))  # fmt: skip
+            figures += new
         captions.extend((p, t) for (p, _), t in zip(chunk, texts, strict=True))
-    return CaptionRun(captions, failures, path)
+    return CaptionRun(captions, failures, path, figures)
+
+
+def _attention_figures(
+    model: AttentionCaptionModel,
+    vocab: Vocabulary,
+    config: CaptionerConfig,
+    chunk: Sequence[tuple[Path, np.ndarray]],
+    annotations: np.ndarray,
+    grid: tuple[int, int],
+    beam_size: int,
+    spec: Any,
+    out_dir: Path,
+) -> tuple[list[str], list[tuple[Path, Path]]]:
+    """Decode with the attention maps kept and draw one figure per image; (captions, [(image, figure)])."""
+    from minicap.decode import beam_search, greedy
+    from minicap.plots import encoder_crop, plot_attention
+    from minicap.tokens import END, NULL
+
+    if beam_size == 1:
+        ids, maps = greedy(model, annotations, config.decode_max_length, config.allow_unk, return_attention=True)
+    else:
+        ids, maps = beam_search(
+            model, annotations, beam_size, config.decode_max_length, config.length_penalty, config.allow_unk,
+            return_attention=True,
+        )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts, figures = [], []
+    for (image, tensor), row, row_maps in zip(chunk, ids, maps, strict=True):
+        n = int(np.sum(row != NULL))
+        words = [vocab.idx_to_word[int(w)] if int(w) != END else "<end>" for w in row[:n]]
+        text = vocab.decode(row)
+        figure = out_dir / f"{image.stem}_attention.png"
+        plot_attention(encoder_crop(tensor, spec.mean, spec.std), words, row_maps[:n], grid, figure, title=text)
+        texts.append(text)
+        figures.append((image, figure))
+    return texts, figures
 
 
 # ============================================================================================ evaluating a checkpoint
@@ -682,7 +782,7 @@ def evaluate_checkpoint(
             f"{len(unknown)} test images recorded in {checkpoint} are not in {captions} (first: {unknown[:5]}): "
             "evaluate with the captions file the checkpoint was trained on"
         )
-    test_features = store.lookup(test_ids)  # MissingFeaturesError (count, first ids) if any lacks features
+    test_features = model_inputs(store, config).lookup(test_ids)  # MissingFeaturesError if any lacks features
     hypotheses = {}
     for beam, name in ((1, MODEL_GREEDY), (beam_size, model_beam(beam_size))):
         texts = generate_captions(

@@ -440,7 +440,9 @@ def test_float32_models_on_the_fast_path(label):
 
 def test_gradcheck_proves_fast_equals_reference():
     results = gradcheck.check_fast_equals_reference()
-    assert len(results) == 73 + 18  # + CaptionModel with dropout, both cells, the same masks on both paths
+    assert (
+        len(results) == 73 + 18 + 34
+    )  # + CaptionModel with dropout (both cells), the attention captioner (λ = 0, 1.5)
     assert all(isinstance(r, gradcheck.EqualityResult) for r in results)
     failed = [r.line() for r in results if not r.passed]
     assert not failed, failed
@@ -458,6 +460,8 @@ def test_gradcheck_proves_fast_equals_reference():
         "LSTMLanguageModel",
         "SequenceRegressor(lstm)",
         "SequenceRegressor(rnn)",
+        "AttentionCaptionModel(λ=0)",
+        "AttentionCaptionModel(λ=1.5)",
     } == functions
     for r in results:
         # (words_loss names its gradients after its inputs: its "h" is dh)

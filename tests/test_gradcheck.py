@@ -39,6 +39,9 @@ MODEL_PARAMS = {
     "SequenceRegressor(gru)": {"Wx", "Wh", "b", "b_hn", "W_out", "b_out"},
     "SequenceRegressor(rnn)": {"Wx", "Wh", "b", "W_out", "b_out"},
 }
+ATTENTION_PARAMS = {"W_h0", "b_h0", "W_c0", "b_c0", "U_att", "b_att", "W_att", "w_att", "w_beta", "b_beta"}
+ATTENTION_PARAMS |= {"W_embed", "Wx", "Wh", "b", "W_vocab", "b_vocab"}
+MODEL_PARAMS["AttentionCaptionModel(λ=0)"] = MODEL_PARAMS["AttentionCaptionModel(λ=1.5)"] = ATTENTION_PARAMS
 
 
 # One report line: status, function (may contain spaces), input or output name, then the numbers.
@@ -174,9 +177,11 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     assert "FAIL" not in out
     # 27 step-level (dropout included) + 2 × (3 words_loss + 22 sequence + 32 model + 16 caption model with
     # dropout) + 6 GRU regressor + 12 GRU sequence gradient checks (the GRU has no fast path), then 91 fast ==
-    # reference lines (18 of them the caption model with dropout).
-    assert lines[-1] == "282/282 checks passed"
-    assert sum("fast == reference" in line for line in lines) == 91
+    # reference lines (18 of them the caption model with dropout). Soft attention adds 51 + 24 (its fast decoder)
+    # function checks, 2 × 32 model checks (λ = 0 and 1.5, 16 parameters, both paths) and 2 × 17 (models) + 2 × 14
+    # (the decoder, with and without lengths) fast == reference lines.
+    assert lines[-1] == "483/483 checks passed"
+    assert sum("fast == reference" in line for line in lines) == 91 + 34 + 28
     parsed = [LINE.match(line) for line in lines[:-1]]
     assert all(parsed), "every line but the summary is one check"
     functions = {m["function"] for m in parsed}
@@ -200,6 +205,11 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
         "fast.rnn_forward/backward (lengths)",
         "fast.lstm_forward/backward",
         "fast.lstm_forward/backward (lengths)",
+        "attention",
+        "attention_lstm_step",
+        "attention_lstm_forward/backward (lengths)",
+        "fast.attention_lstm_forward/backward (lengths)",
+        "doubly_stochastic_loss",
     ):
         assert name in functions, name
     for label in MODEL_PARAMS:  # every model, on both paths (the GRU on its only one)
@@ -218,7 +228,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     monkeypatch.setattr(gradcheck, "check_affine", failing)
     assert cli_main(["gradcheck"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "279/282 checks passed — FAILED"
+    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "480/483 checks passed — FAILED"
 
 
 def test_cli_gradcheck_fails_when_fast_differs_from_reference(capsys, monkeypatch):

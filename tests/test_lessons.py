@@ -256,3 +256,23 @@ def test_lesson_06_beam_search_is_more_probable_shorter_and_not_always_better(tm
         finite = [v for v in step["scores"] if v is not None and v > -1e300]
         assert finite == sorted(finite, reverse=True)
     assert len(s["captions"]) == 20
+
+
+# ------------------------------------------------------------------------------------ 07 attention
+
+
+def test_lesson_07_the_regulariser_spreads_attention_over_the_photo(tmp_path, sample_coco):
+    s = run_lesson("07_attention", tmp_path, "--coco", str(sample_coco), timeout=600)
+    assert s["quick"] is True
+    _assert_figures(s, tmp_path)
+    assert s["split"] == {"train": 90, "val": 10, "test": 20}
+    h = s["headline"]
+    # The headline: with λ > 0, Σ_t α_ti is spread more evenly over the 49 cells than with λ = 0.
+    assert h["regulariser_spreads_attention"] is True
+    sums = s["attention_sums"]
+    assert sums["attention λ=1"]["sd_over_cells"] < sums["attention λ=0"]["sd_over_cells"]
+    assert sums["attention λ=1"]["share_below_0.1"] < sums["attention λ=0"]["share_below_0.1"]
+    # One decoding step by hand with minicap.nn.attention is the model's step; the pooled vector is the mean map.
+    assert h["step_by_hand_equals_model"] < 1e-5 and h["pooled_is_mean_of_annotations"] < 1e-2
+    assert set(s["scores"]) == {"attention λ=1", "attention λ=0", "mean-pooled"}
+    assert all(e["entropy"] is None or 0 < e["entropy"] <= 3.8919 for e in s["entropy"].values())  # ln 49

@@ -570,6 +570,9 @@ def test_cli_train_bad_inputs_and_divergence(tmp_path, capsys, monkeypatch):
 
 # One value per flag of `_CONFIG_FLAGS`, each different from CaptionerConfig()'s default.
 FLAG_VALUES = {
+    "--model": ("attention", "attention"),
+    "--attention-size": ("64", 64),
+    "--attention-reg": ("0.5", 0.5),
     "--cell": ("rnn", "rnn"),
     "--hidden": ("12", 12),
     "--wordvec": ("10", 10),

@@ -6,6 +6,8 @@ Read in this order:
     rnn.py     vanilla tanh RNN: one step forward/backward; a whole sequence as a loop over the step (BPTT)
     lstm.py    LSTM: one step forward/backward; a whole sequence as a loop over the step (BPTT); truncated BPTT
     gru.py     GRU: one step forward/backward; a whole sequence as a loop over the step (BPTT)
+    attention.py  soft attention (Show, Attend and Tell): additive scores, the gate β, the attention-LSTM step
+               and its sequence loop, h0/c0 from the mean annotation, the doubly stochastic regulariser
     fast.py    the same sequence functions made fast (one GEMM for all inputs, buffers, packed lengths);
                `from minicap.nn import fast` then `fast.lstm_forward(...)` — proven equal to the loops above
 
@@ -13,7 +15,7 @@ The plain names (`nn.lstm_forward`, `nn.rnn_backward`, ...) are the readable ref
 This package imports nothing else from minicap.
 """
 
-from minicap.nn import fast
+from minicap.nn import attention, fast
 from minicap.nn.gru import (
     GRUCache,
     GRUGrads,
@@ -72,6 +74,7 @@ from minicap.nn.rnn import (
 )
 
 __all__ = [
+    "attention",
     "fast",
     "AffineCache",
     "DropoutCache",

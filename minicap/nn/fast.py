@@ -55,6 +55,9 @@ a library should not retune the process's BLAS) — so `shared_pool()` is one th
 Before those (tricks 1–6 only), a whole training step (`CaptionModel.loss`, fast vs readable) was 1.45× (V=1000)
 and 1.67× (V=10000) faster on COCO-length batches, 1.13× and 1.16× on full-length ones; the LSTM forward +
 backward alone 1.52× (coco) and 1.22× (full), the RNN's 1.59× and 1.40×.
+
+The attention decoder's fast path (`attention_lstm_forward/backward`) lives in `fast_attention.py` and is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minicap.nn.fast_attention import attention_lstm_backward, attention_lstm_forward
 from minicap.nn.layers import sigmoid, softmax_loss
 from minicap.nn.lstm import LSTMGrads
 from minicap.nn.rnn import RNNGrads
@@ -92,6 +96,8 @@ __all__ = [
     "lstm_forward_packed",
     "lstm_backward_packed",
     "words_loss_packed",
+    "attention_lstm_forward",
+    "attention_lstm_backward",
 ]
 
 
