@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from minicap import nn
-from minicap.models.base import SequenceModel, log_frequency_bias, normal_init
+from minicap.models.base import SequenceModel, StandardisedFeatures, log_frequency_bias, normal_init
 from minicap.nn import attention as att
 from minicap.tokens import SPECIAL_TOKENS, target_mask
 
@@ -51,7 +51,7 @@ class AttentionState(NamedTuple):
     alpha: np.ndarray  # (N, L)
 
 
-class AttentionCaptionModel(SequenceModel):
+class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
     """Soft-attention captioner with hand-written gradients.
 
     Parameters
@@ -143,26 +143,6 @@ class AttentionCaptionModel(SequenceModel):
             "dtype": self.dtype.name,
             "seed": self.seed,
         }
-
-    @property
-    def constants(self) -> dict[str, np.ndarray]:
-        if self.feature_mean is None or self.feature_std is None:
-            return {}
-        return {"feature_mean": self.feature_mean, "feature_std": self.feature_std}
-
-    def set_constants(self, constants: dict[str, np.ndarray]) -> None:
-        if unknown := set(constants) - {"feature_mean", "feature_std"}:
-            raise ValueError(f"unknown AttentionCaptionModel constants {sorted(unknown)}")
-        if constants:
-            self.set_feature_standardisation(constants["feature_mean"], constants["feature_std"])
-
-    def set_feature_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """Use (a_i − mean) / std for every annotation from now on (per channel). mean, std: (F,)"""
-        mean, std = np.asarray(mean), np.asarray(std)
-        if mean.shape != (self.feature_size,) or std.shape != (self.feature_size,):
-            raise ValueError(f"mean and std must have shape ({self.feature_size},), got {mean.shape}, {std.shape}")
-        self.feature_mean = mean.astype(self.dtype)
-        self.feature_std = np.maximum(std, 1e-6).astype(self.dtype)
 
     def _check_annotations(self, annotations: np.ndarray) -> np.ndarray:
         """Validate (N, L, F) annotations, cast once to the model's dtype, standardise if configured."""

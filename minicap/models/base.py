@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from minicap import nn
 
-__all__ = ["State", "SequenceModel", "load_params", "log_frequency_bias", "normal_init"]
+__all__ = ["State", "SequenceModel", "StandardisedFeatures", "load_params", "log_frequency_bias", "normal_init"]
 
 
 class State(NamedTuple):
@@ -145,3 +145,34 @@ class SequenceModel:
     def step(self, inputs: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """One time step: (outputs, next state)."""
         raise NotImplementedError
+
+
+class StandardisedFeatures:
+    """What the two captioners share about their image input: (x − mean) / std per channel, with the TRAINING
+    images' mean and std (F,), saved in checkpoints as the model's `constants`. The class using it sets
+    `feature_size`, `dtype`, and `feature_mean = feature_std = None` (no standardisation) in its __init__."""
+
+    feature_size: int
+    dtype: np.dtype
+    feature_mean: np.ndarray | None
+    feature_std: np.ndarray | None
+
+    @property
+    def constants(self) -> dict[str, np.ndarray]:
+        if self.feature_mean is None or self.feature_std is None:
+            return {}
+        return {"feature_mean": self.feature_mean, "feature_std": self.feature_std}
+
+    def set_constants(self, constants: dict[str, np.ndarray]) -> None:
+        if unknown := set(constants) - {"feature_mean", "feature_std"}:
+            raise ValueError(f"unknown {type(self).__name__} constants {sorted(unknown)}")
+        if constants:
+            self.set_feature_standardisation(constants["feature_mean"], constants["feature_std"])
+
+    def set_feature_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardise every image input (per channel) from now on. mean, std: (F,)"""
+        mean, std = np.asarray(mean), np.asarray(std)
+        if mean.shape != (self.feature_size,) or std.shape != (self.feature_size,):
+            raise ValueError(f"mean and std must have shape ({self.feature_size},), got {mean.shape}, {std.shape}")
+        self.feature_mean = mean.astype(self.dtype)
+        self.feature_std = np.maximum(std, 1e-6).astype(self.dtype)

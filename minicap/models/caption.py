@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from minicap import nn
-from minicap.models.base import SequenceModel, State, log_frequency_bias, normal_init
+from minicap.models.base import SequenceModel, StandardisedFeatures, State, log_frequency_bias, normal_init
 from minicap.tokens import SPECIAL_TOKENS, target_mask
 
 __all__ = ["CaptionModel"]
@@ -39,7 +39,7 @@ __all__ = ["CaptionModel"]
 CELLS = ("lstm", "rnn")
 
 
-class CaptionModel(SequenceModel):
+class CaptionModel(StandardisedFeatures, SequenceModel):
     """An image-conditioned recurrent language model with hand-written gradients.
 
     Parameters
@@ -140,26 +140,6 @@ class CaptionModel(SequenceModel):
             "seed": self.seed,
             "dropout": self.dropout,
         }
-
-    @property
-    def constants(self) -> dict[str, np.ndarray]:
-        if self.feature_mean is None or self.feature_std is None:
-            return {}
-        return {"feature_mean": self.feature_mean, "feature_std": self.feature_std}
-
-    def set_constants(self, constants: dict[str, np.ndarray]) -> None:
-        if unknown := set(constants) - {"feature_mean", "feature_std"}:
-            raise ValueError(f"unknown CaptionModel constants {sorted(unknown)}")
-        if constants:
-            self.set_feature_standardisation(constants["feature_mean"], constants["feature_std"])
-
-    def set_feature_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """Use (features − mean) / std as the model's input from now on. mean, std: (F,)"""
-        mean, std = np.asarray(mean), np.asarray(std)
-        if mean.shape != (self.feature_size,) or std.shape != (self.feature_size,):
-            raise ValueError(f"mean and std must have shape ({self.feature_size},), got {mean.shape}, {std.shape}")
-        self.feature_mean = mean.astype(self.dtype)
-        self.feature_std = np.maximum(std, 1e-6).astype(self.dtype)
 
     # ------------------------------------------------------------------------------------------------ inputs
 
