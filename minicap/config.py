@@ -26,7 +26,7 @@ class CaptionerConfig:
                the L = h·w annotation vectors of the spatial maps at every word, Show, Attend and Tell), cell
                ("lstm" | "rnn"; the attention decoder is an LSTM), hidden_size H, wordvec_size W, dropout (inverted
                dropout rate on the word vectors and the LSTM outputs in training, as in Show and Tell; 0 = none;
-               the mean-pooled captioner only); attention only: attention_size A, attention_reg (λ of the doubly
+               both captioners); attention only: attention_size A, attention_reg (λ of the doubly
                stochastic regulariser)
     Text:      min_count (a word needs this many training occurrences, else <UNK>), max_length (words per
                training caption; longer ones are truncated)
@@ -106,10 +106,6 @@ class CaptionerConfig:
             raise ValueError(f'model must be "meanpool" or "attention", got {self.model!r}')
         if self.model == "attention" and self.cell != "lstm":
             raise ValueError("the attention captioner's decoder is an LSTM: use cell='lstm' with model='attention'")
-        if self.model == "attention" and self.dropout:
-            raise ValueError(
-                "dropout is implemented for the mean-pooled captioner only: use dropout=0 with the attention one"
-            )
         if int(self.attention_size) < 1:
             raise ValueError(f"attention_size must be >= 1, got {self.attention_size}")
         if not (math.isfinite(self.attention_reg) and self.attention_reg >= 0):
@@ -146,7 +142,7 @@ class CaptionerConfig:
     @property
     def model_options(self) -> dict[str, Any]:
         """The model constructor's share: CaptionModel's cell, hidden_size, wordvec_size, seed, dropout; or
-        AttentionCaptionModel's hidden_size, wordvec_size, attention_size, reg, seed."""
+        AttentionCaptionModel's hidden_size, wordvec_size, attention_size, reg, seed, dropout."""
         if self.model == "attention":
             return {
                 "hidden_size": self.hidden_size,
@@ -154,6 +150,7 @@ class CaptionerConfig:
                 "attention_size": self.attention_size,
                 "reg": self.attention_reg,
                 "seed": self.seed,
+                "dropout": self.dropout,
             }
         return {
             "cell": self.cell,

@@ -268,26 +268,42 @@ def check_dropout(seed: int = 0) -> list[CheckResult]:
 DROPOUT_SEED = 7  # the generator seed that fixes the caption model's dropout masks in the checks below
 
 
-def check_caption_dropout(fast: bool = False, seed: int = 0) -> list[CheckResult]:
-    """The caption model's TRAINING loss with dropout (rate 0.3 on the word vectors and the LSTM outputs), the masks
-    fixed by giving every evaluation a fresh generator with the same seed (`dropout_mask` draws in float32, so the
-    float64 model and its extended-precision copy get the very same masks)."""
-    features, captions = small_caption_batch(seed)
-    f_ref = features.astype(REFERENCE_DTYPE)
-    results = []
-    for cell in ("lstm", "rnn"):
-        model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64, dropout=0.3)
-        model.fast = fast
-        _, grads = model.loss(features, captions, rng=np.random.default_rng(DROPOUT_SEED))
-        reference = model.astype(REFERENCE_DTYPE)
+def _dropout_models(cell: str) -> tuple[str, SequenceModel, tuple[np.ndarray, np.ndarray]]:
+    """A small float64 captioner with dropout 0.3 and its batch: CaptionModel(cell), or the attention one."""
+    features, captions = small_caption_batch()
+    if cell == "attention":
+        annotations = np.random.default_rng(1).standard_normal((3, 4, 7))  # N = 3, L = 4, F = 7
+        model = AttentionCaptionModel(
+            11, 7, wordvec_size=4, hidden_size=5, attention_size=3, reg=1.5, dtype=np.float64, dropout=0.3
+        )
+        return "AttentionCaptionModel(λ=1.5) dropout", model, (annotations, captions)
+    model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64, dropout=0.3)
+    return f"CaptionModel({cell}) dropout", model, (features, captions)
 
-        def loss(reference: SequenceModel = reference) -> np.floating:
-            return reference.loss(f_ref, captions, backward=False, rng=np.random.default_rng(DROPOUT_SEED))[0]
+
+DROPOUT_MODELS = ("lstm", "rnn", "attention")  # the captioners with dropout: both mean-pooled cells, attention
+
+
+def check_caption_dropout(fast: bool = False) -> list[CheckResult]:
+    """The captioners' TRAINING loss with dropout (rate 0.3 on the word vectors and the decoder's outputs), the
+    masks fixed by giving every evaluation a fresh generator with the same seed (`dropout_mask` draws in float32,
+    so the float64 model and its extended-precision copy get the very same masks)."""
+    results = []
+    for which in DROPOUT_MODELS:
+        label, model, (inputs, captions) = _dropout_models(which)
+        model.fast = fast
+        _, grads = model.loss(inputs, captions, rng=np.random.default_rng(DROPOUT_SEED))
+        reference = model.astype(REFERENCE_DTYPE)
+        inputs_ref = inputs.astype(REFERENCE_DTYPE)
+
+        def loss(
+            reference: SequenceModel = reference, inputs: np.ndarray = inputs_ref, captions: np.ndarray = captions
+        ) -> np.floating:
+            return reference.loss(inputs, captions, backward=False, rng=np.random.default_rng(DROPOUT_SEED))[0]
 
         for name in sorted(model.params):
             numeric = numerical_gradient(loss, reference.params[name])
-            function = f"CaptionModel({cell}) dropout{' [fast]' if fast else ''}"
-            results.append(compare(function, name, grads[name], numeric, SEQUENCE_MAX_REL))
+            results.append(compare(f"{label}{' [fast]' if fast else ''}", name, grads[name], numeric, SEQUENCE_MAX_REL))
     return results
 
 
@@ -732,14 +748,12 @@ def check_fast_equals_reference(seed: int = 0) -> list[EqualityResult]:
         results.append(equal(label, "loss", loss_fast, loss_ref, FORWARD_EQUAL))
         for name in sorted(grads_ref):
             results.append(equal(label, name, grads_fast[name], grads_ref[name], GRADIENT_EQUAL))
-    features, captions = small_caption_batch(seed)
-    for cell in ("lstm", "rnn"):  # with dropout: the same generator state gives both paths the same masks
-        model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64, dropout=0.3)
-        label = f"CaptionModel({cell}) dropout"
+    for which in DROPOUT_MODELS:  # with dropout: the same generator state gives both paths the same masks
+        label, model, (inputs, captions) = _dropout_models(which)
         model.fast = False
-        loss_ref, grads_ref = model.loss(features, captions, rng=np.random.default_rng(DROPOUT_SEED))
+        loss_ref, grads_ref = model.loss(inputs, captions, rng=np.random.default_rng(DROPOUT_SEED))
         model.fast = True
-        loss_fast, grads_fast = model.loss(features, captions, rng=np.random.default_rng(DROPOUT_SEED))
+        loss_fast, grads_fast = model.loss(inputs, captions, rng=np.random.default_rng(DROPOUT_SEED))
         results.append(equal(label, "loss", loss_fast, loss_ref, FORWARD_EQUAL))
         for name in sorted(grads_ref):
             results.append(equal(label, name, grads_fast[name], grads_ref[name], GRADIENT_EQUAL))

@@ -256,6 +256,45 @@ def test_the_attention_captioner_trains_with_the_one_loop_and_saves_and_loads(tm
     np.testing.assert_array_equal(ckpt.model.initial_state(a).h, model.initial_state(a).h)
 
 
+def test_dropout_acts_only_in_a_training_loss_of_the_attention_captioner():
+    """Dropout (word vectors and decoder outputs) changes the training loss only: validation and decoding use the
+    whole network; the masks come from the generator, so the same generator gives the same loss."""
+    from minicap.decode import greedy
+
+    plain, annotations, captions = _model_and_batch(reg=1.0)
+    dropped = AttentionCaptionModel.from_config({**plain.config, "dropout": 0.5}, plain.params)
+    rng = lambda: np.random.default_rng(1)  # noqa: E731
+    assert dropped.loss(annotations, captions, backward=False)[0] == plain.loss(annotations, captions, False)[0]
+    assert plain.loss(annotations, captions, rng=rng())[0] == plain.loss(annotations, captions)[0]
+    train_a = dropped.loss(annotations, captions, rng=rng())[0]
+    assert train_a != plain.loss(annotations, captions)[0]
+    assert train_a == dropped.loss(annotations, captions, rng=rng())[0]
+    assert train_a != dropped.loss(annotations, captions, rng=np.random.default_rng(2))[0]
+    np.testing.assert_array_equal(greedy(dropped, annotations, max_length=6), greedy(plain, annotations, max_length=6))
+    assert dropped.copy().dropout == 0.5
+    assert (
+        AttentionCaptionModel.from_config(
+            {k: v for k, v in plain.config.items() if k != "dropout"}, plain.params
+        ).dropout
+        == 0
+    )
+    with pytest.raises(ValueError, match="dropout"):
+        AttentionCaptionModel(11, 7, dropout=1.0)
+
+
+def test_the_attention_captioner_trains_with_dropout_from_the_config():
+    from test_experiments import TINY
+
+    from minicap.captioner import train_captioner
+
+    coco, store = spatial_colour_data()
+    config = TINY.replace(model="attention", attention_size=8, epochs=2, dropout=0.3)
+    trained = train_captioner(coco, store, list(range(1, 12)), [12], config)
+    assert trained.model.dropout == 0.3
+    without = train_captioner(coco, store, list(range(1, 12)), [12], config.replace(dropout=0.0))
+    assert not np.array_equal(trained.result.model.params["Wx"], without.result.model.params["Wx"])
+
+
 def test_attention_config_is_checked():
     from minicap.config import CaptionerConfig
 

@@ -440,9 +440,8 @@ def test_float32_models_on_the_fast_path(label):
 
 def test_gradcheck_proves_fast_equals_reference():
     results = gradcheck.check_fast_equals_reference()
-    assert (
-        len(results) == 73 + 18 + 34
-    )  # + CaptionModel with dropout (both cells), the attention captioner (λ = 0, 1.5)
+    # + CaptionModel with dropout (both cells), the attention captioner (λ = 0, 1.5), and the attention one with dropout
+    assert len(results) == 73 + 18 + 34 + 17
     assert all(isinstance(r, gradcheck.EqualityResult) for r in results)
     failed = [r.line() for r in results if not r.passed]
     assert not failed, failed
@@ -462,6 +461,7 @@ def test_gradcheck_proves_fast_equals_reference():
         "SequenceRegressor(rnn)",
         "AttentionCaptionModel(λ=0)",
         "AttentionCaptionModel(λ=1.5)",
+        "AttentionCaptionModel(λ=1.5) dropout",
     } == functions
     for r in results:
         # (words_loss names its gradients after its inputs: its "h" is dh)

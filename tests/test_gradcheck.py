@@ -179,9 +179,10 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     # dropout) + 6 GRU regressor + 12 GRU sequence gradient checks (the GRU has no fast path), then 91 fast ==
     # reference lines (18 of them the caption model with dropout). Soft attention adds 51 + 24 (its fast decoder)
     # function checks, 2 × 32 model checks (λ = 0 and 1.5, 16 parameters, both paths) and 2 × 17 (models) + 2 × 14
-    # (the decoder, with and without lengths) fast == reference lines.
-    assert lines[-1] == "483/483 checks passed"
-    assert sum("fast == reference" in line for line in lines) == 91 + 34 + 28
+    # (the decoder, with and without lengths) fast == reference lines. The attention captioner with dropout adds
+    # 2 × 16 model checks (both paths) and 17 fast == reference lines.
+    assert lines[-1] == "532/532 checks passed"
+    assert sum("fast == reference" in line for line in lines) == 91 + 34 + 28 + 17
     parsed = [LINE.match(line) for line in lines[:-1]]
     assert all(parsed), "every line but the summary is one check"
     functions = {m["function"] for m in parsed}
@@ -228,7 +229,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     monkeypatch.setattr(gradcheck, "check_affine", failing)
     assert cli_main(["gradcheck"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "480/483 checks passed — FAILED"
+    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "529/532 checks passed — FAILED"
 
 
 def test_cli_gradcheck_fails_when_fast_differs_from_reference(capsys, monkeypatch):

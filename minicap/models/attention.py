@@ -7,6 +7,11 @@
            h_t, c_t = LSTM([x_t, ẑ_t], h_{t−1}, c_{t−1})               (minicap.nn.attention)
     h ──affine──▶ scores ──masked softmax loss──▶ + λ Σ_i (1 − Σ_t α_ti)² / N ──▶ loss
 
+In training (a loss given a generator `rng`), inverted dropout with rate `dropout` acts where it does in the
+mean-pooled `CaptionModel`: on the word vectors x before the decoder and on its outputs h before the word scores.
+The attention, the context and the recurrent connections are left alone; validation and decoding use the whole
+network.
+
 The mean-pooled `CaptionModel` sees the photo once, as ONE vector in h0; this model keeps the L annotation vectors
 (EfficientNet-Lite0: the 7 × 7 grid of its last feature map, F = 1280) and reads a weighted mean of them at every
 step. The weights α_t are the attention map drawn beside each word (`minicap.plots.plot_attention`).
@@ -64,6 +69,7 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
     dtype : float32 to train, float64 for gradient checks.
     seed : initialisation seed.
     word_counts : optional (V,): the output bias starts at log word frequencies (`log_frequency_bias`).
+    dropout : rate p of the inverted dropout on the word vectors and on the decoder's outputs in training (0: none).
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         dtype: npt.DTypeLike = np.float32,
         seed: int = 0,
         word_counts: np.ndarray | None = None,
+        dropout: float = 0.0,
     ) -> None:
         if vocab_size < len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size must count the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
@@ -90,12 +97,15 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
                 raise ValueError(f"{name} must be >= 1, got {size}")
         if not (np.isfinite(reg) and reg >= 0):
             raise ValueError(f"reg (λ) must be a finite number >= 0, got {reg}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.vocab_size = int(vocab_size)
         self.feature_size = int(feature_size)
         self.wordvec_size = int(wordvec_size)
         self.hidden_size = int(hidden_size)
         self.attention_size = int(attention_size)
         self.reg = float(reg)
+        self.dropout = float(dropout)
         self.dtype = np.dtype(dtype)
         self.seed = int(seed)
         self.feature_mean: np.ndarray | None = None
@@ -142,6 +152,7 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
             "reg": self.reg,
             "dtype": self.dtype.name,
             "seed": self.seed,
+            "dropout": self.dropout,
         }
 
     def _check_annotations(self, annotations: np.ndarray) -> np.ndarray:
@@ -164,11 +175,17 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
     # -------------------------------------------------------------------------------------------- the loss
 
     def loss(
-        self, annotations: np.ndarray, captions: np.ndarray, backward: bool = True
+        self,
+        annotations: np.ndarray,
+        captions: np.ndarray,
+        backward: bool = True,
+        rng: np.random.Generator | None = None,
     ) -> tuple[np.floating, dict[str, np.ndarray]]:
         """Words loss (nats per caption) + the doubly stochastic regulariser, and every parameter's gradient.
 
         annotations: (N, L, F); captions: (N, T+1) int, <START> w1 … <END> then <NULL> padding (as CaptionModel).
+        rng: a training loss: the dropout masks (rate `self.dropout`; word vectors (N, T, W) first, then the
+            decoder's outputs (N, T, H)) are drawn from it. None (validation): no dropout.
         """
         a = self._check_annotations(annotations)
         captions = np.asarray(captions)
@@ -188,10 +205,15 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         h0, c0, init_cache = att.init_state_forward(a, p["W_h0"], p["b_h0"], p["W_c0"], p["b_c0"])
         words_in, targets = captions[:, :-1], captions[:, 1:]
         x, embed_cache = nn.word_embedding_forward(words_in, p["W_embed"])
+        dropping = rng is not None and self.dropout > 0
+        if dropping:
+            x, drop_x = nn.dropout_forward(x, self.dropout, rng)  # (N, T, W): some word-vector entries zeroed
         decoder = nn.fast if self.fast else att  # the same numbers; nn.fast's loop is faster
         h, alphas, dec_cache = decoder.attention_lstm_forward(
             x, h0, c0, a, proj, *self._decoder_params(), lengths=lengths
         )
+        if dropping:
+            h, drop_h = nn.dropout_forward(h, self.dropout, rng)  # (N, T, H): some decoder outputs zeroed
         loss, vocab_grads = seq.words_loss(h, targets, mask, p["W_vocab"], p["b_vocab"], 1.0 / N, backward)
         reg_loss, dalphas = att.doubly_stochastic_loss(alphas, mask, self.reg)
         loss = loss + reg_loss if self.reg else loss
@@ -201,9 +223,13 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         # Backward.
         grads: dict[str, np.ndarray] = {}
         dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        if dropping:
+            dh = nn.dropout_backward(dh, drop_h)
         g = decoder.attention_lstm_backward(dh, dalphas if self.reg else None, dec_cache)
         grads.update(W_att=g.dW_att, w_att=g.dw_att, w_beta=g.dw_beta, b_beta=g.db_beta, Wx=g.dWx, Wh=g.dWh, b=g.db)
-        grads["W_embed"] = nn.word_embedding_backward(g.dx, embed_cache)
+        grads["W_embed"] = nn.word_embedding_backward(
+            nn.dropout_backward(g.dx, drop_x) if dropping else g.dx, embed_cache
+        )
         _da0, grads["W_h0"], grads["b_h0"], grads["W_c0"], grads["b_c0"] = att.init_state_backward(
             g.dh0, g.dc0, init_cache
         )
