@@ -389,3 +389,96 @@ def test_masked_log_probs_in_row_blocks_is_bit_identical_to_one_log_softmax():
         allowed = decodable_tokens(V)
         expected = log_softmax(np.where(allowed, logits.astype(np.float64), -np.inf), axis=1)
         np.testing.assert_array_equal(_masked_log_probs(logits, allowed), expected)
+
+
+# ------------------------------------------------------------------------ the fast beam step (B·B candidates)
+
+
+def _beams(model, features, **kw):
+    """Everything beam search reports, with its trace: (outputs tuple, list of BeamStep)."""
+    trace: list = []
+    out = beam_search(model, features, return_scores=True, trace=trace, **kw)
+    return out, trace
+
+
+def _assert_same_beams(a, b):
+    (out_a, trace_a), (out_b, trace_b) = a, b
+    assert len(out_a) == len(out_b) and len(trace_a) == len(trace_b)
+    for x, y in zip(out_a, out_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    for step_a, step_b in zip(trace_a, trace_b, strict=True):
+        for field in step_a._fields:
+            x, y = getattr(step_a, field), getattr(step_b, field)
+            assert (x is None) == (y is None), field
+            if x is not None:
+                np.testing.assert_array_equal(x, y, err_msg=field)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("V", [11, 60, 2000])
+def test_fast_beam_search_keeps_exactly_the_beams_of_the_readable_one(cell, V):
+    """model.fast picks `_expand_pruned` (B best words per hypothesis, B·B candidates), model.fast = False
+    `_expand_all` (all B·V): the same tokens, scores, parents and per-word log-probabilities at every step, bit for
+    bit, for every beam width (B ≥ 8, V = 11's allowed words, falls back to `_expand_all`)."""
+    for seed in range(2):
+        model = CaptionModel(V, 7, wordvec_size=8, hidden_size=16, cell=cell, seed=seed)
+        features = np.random.default_rng(seed).standard_normal((9, 7)) * 3
+        for beam_size in (1, 2, 3, 5, 8):
+            for alpha in (0.0, 0.7):
+                kw = {"beam_size": beam_size, "max_length": 12, "length_penalty": alpha}
+                model.fast = False
+                readable = _beams(model, features, **kw)
+                model.fast = True
+                _assert_same_beams(_beams(model, features, **kw), readable)
+                ended = any(step.finished.any() for step in readable[1])
+    assert ended or V > 100  # with few words some hypotheses end: that branch is compared too
+
+
+def test_fast_beam_search_keeps_the_attention_maps_of_the_readable_one():
+    from minicap.models import AttentionCaptionModel
+
+    model = AttentionCaptionModel(40, 6, wordvec_size=5, hidden_size=8, attention_size=4, seed=1)
+    annotations = np.random.default_rng(2).standard_normal((5, 4, 6))
+    model.fast = False
+    readable = _beams(model, annotations, beam_size=3, max_length=10, return_attention=True)
+    model.fast = True
+    _assert_same_beams(_beams(model, annotations, beam_size=3, max_length=10, return_attention=True), readable)
+
+
+def test_top_words_are_the_masked_log_probs_of_the_best_words():
+    """`_top_words` gives the B best allowed words of every row and their log-probabilities, the very numbers of
+    `_masked_log_probs` (several row blocks, a partial last one; B ≤ 4 by argmax passes, larger by argpartition)."""
+    from minicap.decode import _masked_log_probs, _top_k, _top_words
+
+    rng = np.random.default_rng(0)
+    for R, V in ((7, 11), (70, 5000)):
+        logits = (rng.standard_normal((R, V)) * 3).astype(np.float32)
+        allowed = decodable_tokens(V)
+        full = _masked_log_probs(logits, allowed)
+        for k in (1, 3, 4, 5):
+            ids, log_p = _top_words(logits, allowed, k)
+            np.testing.assert_array_equal(ids, _top_k(full, k))
+            np.testing.assert_array_equal(log_p, np.take_along_axis(full, ids, axis=1))
+
+
+def test_pruning_to_fewer_than_b_words_per_hypothesis_changes_the_beams(monkeypatch):
+    """The comparison above can fail: offering B − 1 words per hypothesis instead of B loses candidates that the
+    full search keeps (two hypotheses of an image may both want their B best words)."""
+    from minicap import decode
+
+    model = CaptionModel(60, 7, wordvec_size=8, hidden_size=16, seed=0)
+    features = np.random.default_rng(0).standard_normal((9, 7)) * 3
+    kw = {"beam_size": 3, "max_length": 12}
+    model.fast = False
+    readable = _beams(model, features, **kw)
+    model.fast = True
+    real = decode._top_words
+
+    def fewer(logits, allowed, k):
+        ids, log_p = real(logits, allowed, k)
+        log_p[:, -1] = -np.inf  # the B-th word of every hypothesis dropped
+        return ids, log_p
+
+    monkeypatch.setattr(decode, "_top_words", fewer)
+    with pytest.raises(AssertionError):
+        _assert_same_beams(_beams(model, features, **kw), readable)
