@@ -8,7 +8,9 @@ weights (untrained: its captions are nonsense and rarely end early, so nearly ev
 `--max-length` 17 tokens — the decoders' worst case; the same for both frameworks). Images are decoded in batches of
 256 (as `minicap.decode.generate_captions` does):
 - minicap: `minicap.decode.greedy` and `minicap.decode.beam_search` (all N·B hypotheses of a batch as the rows of
-  one `model.step`), exactly what `minicap caption` / `evaluate` run;
+  one `model.step`), exactly what `minicap caption` / `evaluate` run; at beam 3 also "minicap-all", the same
+  search with `model.fast = False`, whose step scores all B·V candidates (`decode._expand_all`) where the fast
+  path scores B·B (`decode._expand_pruned`): what that trick buys, from the same run (the captions are the same);
 - PyTorch (benchmarks/torch_captioner.py, `torch.no_grad()`): the same algorithms written the way a PyTorch user
   would — greedy argmax over the allowed tokens; a batched beam search with float32 log_softmax and `topk` over
   the B·V candidates of each image, finished hypotheses continuing with <NULL> at no cost.
@@ -151,6 +153,10 @@ def main() -> None:
         net = TorchCaptioner(V, F, W, H).copy_from(model).eval() if torch_available else None
         for beam in (1, 3):
             fns = {"minicap": minicap_fn(model, features, beam)}
+            if beam > 1:
+                readable = model.copy()
+                readable.fast = False  # beam search's readable step: all B·V candidates
+                fns["minicap-all"] = minicap_fn(readable, features, beam)
             if net is not None:
                 fns["torch"] = torch_fn(net, features, beam, V)
             outputs = {name: fn() for name, fn in fns.items()}  # warm-up, and the captions to compare
@@ -172,6 +178,11 @@ def main() -> None:
                 entry["ratio_minicap_over_torch"] = ratio
                 entry["same_captions"] = same
                 line += f"  minicap/PyTorch = {ratio:.2f}×  ({same}/{ARGS.images} captions identical)"
+            if "minicap-all" in entry:
+                gain = entry["minicap"]["captions_per_s"] / entry["minicap-all"]["captions_per_s"]  # type: ignore[index]
+                entry["pruned_over_all"] = gain
+                assert (outputs["minicap"] == outputs["minicap-all"]).all(), "the two beam steps must agree"
+                line += f"  B·B / B·V candidates = {gain:.2f}×"
             print(line, flush=True)
             result[f"V={V} beam {beam}"] = entry
     load = os.getloadavg()
