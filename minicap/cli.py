@@ -569,9 +569,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "CaptionerConfig is trained on the fold's training part (minus a validation slice that picks its best "
         "epoch by CIDEr-D and stops it early) and, with both baselines, captions the fold's test images; prints "
         "mean ± sd over folds of BLEU-1..4, METEOR, ROUGE-L and CIDEr, and the per-fold differences and wins "
-        "against the nearest-neighbour baseline. Data: --coco DIR (features extracted once into --work, shared "
-        "with `minicap demo`) or --features and --captions. --checkpoint CKPT: score one trained captioner on the "
-        "test images its checkpoint records. Exit code: 0 done, 1 training diverged, 2 bad input.",
+        "against the nearest-neighbour baseline. --choose FLAG=V1,V2 trains each setting in each fold and keeps "
+        "the one whose best epoch scored best on the fold's validation slice. Data: --coco DIR (features extracted "
+        "once into --work, shared with `minicap demo`) or --features and --captions. --checkpoint CKPT: score "
+        "one trained captioner on the test images its checkpoint records. Exit code: 0 done, 1 training "
+        "diverged, 2 bad input.",
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--folds", type=_number(int, 2), metavar="K", help="K-fold cross-validation (K >= 2)")
@@ -584,6 +586,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", dest="old_seed", type=_non_negative_int, help="deprecated spelling of --fold-seed")
     p.add_argument("--out", metavar="FILE.json", help="also write the numbers (per fold, summary) here")
     p.add_argument("--cider-only", action="store_true", help="only CIDEr-D (pure Python; no Java needed)")
+    p.add_argument(
+        "--choose",
+        action="append",
+        default=[],
+        metavar="FLAG=V1,V2",
+        help="with --folds: settings to choose in each fold on its validation slice (never on its test images), "
+        "e.g. --choose dropout=0,0.3; repeat it for a grid. FLAG is a training flag below without its dashes",
+    )
     p.add_argument(
         "--no-progress",
         action="store_true",
@@ -610,6 +620,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.folds is not None and args.coco is None and (args.features is None or args.captions is None):
         print("error: --folds needs --coco DIR, or both --features F.pkl and --captions JSON", file=sys.stderr)
         return 2
+    if args.choose and args.folds is None:
+        print("error: --choose needs --folds K (settings are chosen on each fold's validation slice)", file=sys.stderr)
+        return 2
     if args.old_seed is not None:
         print("note: `minicap evaluate --seed` is deprecated; it sets the seed of the folds: say --fold-seed",
               file=sys.stderr)  # fmt: skip
@@ -627,10 +640,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 atomic_write_json(Path(args.out), {"checkpoint": args.checkpoint, "scores": scores})
                 print(f"scores -> {args.out}")
             return 0
+        choices = _choices_from_flag(args.choose, config)  # [config] without --choose
         coco, store = _evaluation_data(args)
         cv = cross_validate(
-            coco, store, args.folds, config, scorer, seed=fold_seed, log=print, progress=not args.no_progress
-        )
+            coco, store, args.folds, choices[0], scorer, seed=fold_seed, log=print, progress=not args.no_progress,
+            choices=choices[1:],
+        )  # fmt: skip
     except CocoDataMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -650,6 +665,34 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.out), cv.to_dict())
         print(f"per-fold numbers -> {args.out}")
     return 0
+
+
+def _choices_from_flag(given: list[str], config: CaptionerConfig) -> list[CaptionerConfig]:
+    """`--choose FLAG=V1,V2` (repeated: their grid) -> the configs to choose from, `config` changed by each
+    combination; the first combination's config comes first. No --choose: [config]."""
+    import itertools
+
+    kinds = {flag[2:]: (field, kind) for flag, field, kind, _ in _CONFIG_FLAGS}
+    axes: list[list[tuple[str, object]]] = []
+    for item in given:
+        name, _, values = item.partition("=")
+        if name not in kinds or not values:
+            raise ValueError(f"--choose {item!r}: say FLAG=V1,V2 with FLAG one of {', '.join(sorted(kinds))}")
+        field, kind = kinds[name]
+        axes.append([(field, _flag_value(name, kind, v)) for v in values.split(",")])
+    return [config.replace(**dict(combo)) for combo in itertools.product(*axes)] if axes else [config]
+
+
+def _flag_value(name: str, kind: object, text: str) -> object:
+    """One value of a training flag, checked as the flag itself checks it."""
+    if isinstance(kind, list):
+        if text not in kind:
+            raise ValueError(f"--choose {name}: {text!r} is not one of {kind}")
+        return text
+    try:
+        return kind(text)  # type: ignore[operator]
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise ValueError(f"--choose {name}={text}: {e}") from None
 
 
 def _evaluation_data(args: argparse.Namespace) -> tuple[CocoCaptions, FeatureStore]:

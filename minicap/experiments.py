@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,6 +35,7 @@ __all__ = [
     "model_hypotheses",
     "HoldoutResult",
     "holdout_evaluation",
+    "choose_on_validation",
     "CrossValidation",
     "RunProgress",
     "format_duration",
@@ -64,6 +65,7 @@ class HoldoutResult:
     hypotheses: dict[str, dict[int, str]]
     scores: dict[str, dict[str, float]]
     seconds: dict[str, float]
+    choices: list[dict[str, Any]] = field(default_factory=list)  # `choose_on_validation`'s records, if it ran
 
     def table(self, title: str = "") -> str:
         rows = {system: {m: (v, None) for m, v in row.items()} for system, row in self.scores.items()}
@@ -86,9 +88,14 @@ def holdout_evaluation(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    choices: Sequence[CaptionerConfig] = (),
 ) -> HoldoutResult:
     """Train on `train_ids` (best epoch by `val_ids`), caption `test_ids` with the model (greedy and beam) and
     both baselines, and score all four against the test references.
+
+    choices: other settings to try beside `config`. Each is trained on `train_ids` too, and the one whose best
+    epoch scored best on `val_ids` captions the test images (`choose_on_validation`; the test images choose
+    nothing). The result's `choices` records every candidate's validation score.
 
     With a `CaptionScorer` every metric of TABLE_METRICS is computed by pycocoevalcap; without one, only
     CIDEr-D (the pure-Python `CiderD`, document frequencies from the test references) — enough for quick
@@ -100,11 +107,22 @@ def holdout_evaluation(
         raise ValueError(f"{overlap.size} test images are also training/validation images: {overlap[:5].tolist()}")
     check_features_available(test_ids, features, "test")  # before training, not after it
     seconds: dict[str, float] = {}
-    captioner = train_captioner(
-        coco, features, train_ids, val_ids, config, out_dir=out_dir, max_seconds=max_seconds, encoder=encoder,
-        extra=extra, progress=progress, log=log, on_epoch=on_epoch,
-    )  # fmt: skip
-    seconds["train"] = captioner.seconds
+    records: list[dict[str, Any]] = []
+    if choices:
+        if any(c.beam_size != config.beam_size for c in choices):
+            raise ValueError("the settings to choose from must share beam_size (it names the table's rows)")
+        candidates = [config, *choices]
+        captioner, records = choose_on_validation(
+            coco, features, train_ids, val_ids, candidates, log=log, on_epoch=on_epoch
+        )
+        config = candidates[[r["chosen"] for r in records].index(True)]  # it decodes the test images
+        seconds["train"] = sum(r["train_seconds"] for r in records)
+    else:
+        captioner = train_captioner(
+            coco, features, train_ids, val_ids, config, out_dir=out_dir, max_seconds=max_seconds, encoder=encoder,
+            extra=extra, progress=progress, log=log, on_epoch=on_epoch,
+        )  # fmt: skip
+        seconds["train"] = captioner.seconds
     t0 = time.perf_counter()
     hypotheses = model_hypotheses(captioner, model_inputs(features, config).lookup(test_ids), test_ids, config)
     seconds["decode"] = time.perf_counter() - t0
@@ -122,7 +140,57 @@ def holdout_evaluation(
         hypotheses=hypotheses,
         scores=scores,
         seconds=seconds,
+        choices=records,
     )
+
+
+def choose_on_validation(
+    coco: CocoCaptions,
+    features: FeatureLookup,
+    train_ids: Sequence[int] | np.ndarray,
+    val_ids: Sequence[int] | np.ndarray,
+    configs: Sequence[CaptionerConfig],
+    *,
+    log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[TrainedCaptioner, list[dict[str, Any]]]:
+    """Settings chosen on validation images: train one captioner per config on `train_ids`; the winner is the one
+    whose best epoch has the highest validation score (the early-stopping criterion, higher is better: CIDEr-D of
+    greedy captions of `val_ids` by default); a tie goes to the earlier config.
+
+    Returns (the winner, one record per config: "config" (its settings), "differs" (the settings that differ from
+    the first config's), "best_epoch", "best_val", "criterion", "train_seconds", "chosen").
+    """
+    if not configs:
+        raise ValueError("choose_on_validation needs at least one config")
+    first = configs[0].to_dict()
+    trained, records = [], []
+    for config in configs:
+        differs = {k: v for k, v in config.to_dict().items() if first[k] != v}
+        captioner = train_captioner(coco, features, train_ids, val_ids, config, log=log, on_epoch=on_epoch)
+        result = captioner.result
+        if result.best_score is None:
+            raise ValueError(f"the captioner with {differs or 'the first settings'} finished no epoch to compare")
+        trained.append(captioner)
+        records.append({
+            "config": config.to_dict(), "differs": differs, "best_epoch": result.best_epoch,
+            "best_val": float(result.best_score), "criterion": result.criterion,
+            "train_seconds": captioner.seconds, "chosen": False,
+        })  # fmt: skip
+    winner = int(np.argmax([r["best_val"] for r in records]))  # the first of equal scores
+    records[winner]["chosen"] = True
+    if log is not None:
+        log(
+            "chosen on validation: "
+            + "; ".join(
+                f"{_settings_text(r['differs'])} {r['best_val']:.4f}{' *' if r['chosen'] else ''}" for r in records
+            )
+        )
+    return trained[winner], records
+
+
+def _settings_text(differs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in differs.items()) or "as configured"
 
 
 def model_hypotheses(
@@ -325,6 +393,7 @@ def cross_validate(
     val_fraction: float | None = None,
     log: Callable[[str], None] | None = None,
     progress: RunProgress | bool = False,
+    choices: Sequence[CaptionerConfig] = (),
 ) -> CrossValidation:
     """K-fold cross-validation by image of the captioner and both baselines.
 
@@ -333,6 +402,8 @@ def cross_validate(
     early; then the model (greedy and beam), the most-frequent-caption and the nearest-neighbour baselines caption
     the test images and are scored. Folds pair the systems: the same test images, the same training images.
 
+    choices: other settings to try beside `config`, chosen in each fold on that fold's validation slice
+    (`choose_on_validation`): the fold's test images never choose anything.
     coco: CocoCaptions whose every image has features in `features` (a FeatureStore or a FeatureTable).
     progress: a RunProgress, or True for one on stderr (a bar on a terminal, a line per epoch otherwise).
     Returns a CrossValidation (per-fold scores, `summary()`, `paired()`, `table()`).
@@ -342,14 +413,15 @@ def cross_validate(
     check_features_available(image_ids, features, "cross-validation")
     t0 = time.perf_counter()
     folds = []
-    report = RunProgress(k, config.epochs) if progress is True else (progress or None)
+    epochs = sum(c.epochs for c in (config, *choices))  # per fold: every candidate trains
+    report = RunProgress(k, epochs) if progress is True else (progress or None)
     try:
         for split in fold_splits(image_ids, k, seed, config.val_fraction if val_fraction is None else val_fraction):
             if report is not None:
                 report.start_fold(split.fold)
             result = holdout_evaluation(
                 coco, features, split.train, split.val, split.test, config, scorer,
-                on_epoch=None if report is None else report.epoch,
+                on_epoch=None if report is None else report.epoch, choices=choices, log=log if choices else None,
             )  # fmt: skip
             if report is not None:
                 report.end_fold()
@@ -376,6 +448,7 @@ def _fold_record(split: FoldSplit, result: HoldoutResult) -> dict[str, Any]:
         "epoch_seconds": [e["seconds"] for e in train.history["epochs"]],  # training only
         "val_seconds": [e["val_seconds"] for e in train.history["epochs"]],  # validation loss and CIDEr-D
         "seconds": float(sum(result.seconds.values())),
+        **({"choices": result.choices} if result.choices else {}),
     }
 
 
@@ -383,8 +456,11 @@ def _fold_line(split: FoldSplit, k: int, result: HoldoutResult, config: Captione
     train = result.captioner.result
     beam = result.scores[model_beam(config.beam_size)]
     nn_row = result.scores[NEAREST_NEIGHBOUR]
+    chosen = [_settings_text(c["differs"]) for c in result.choices if c["chosen"]]
     return (
-        f"fold {split.fold}/{k}: {len(split.train)}/{len(split.val)}/{len(split.test)} images, best epoch "
+        f"fold {split.fold}/{k}: {len(split.train)}/{len(split.val)}/{len(split.test)} images, "
+        + (f"chosen {chosen[0]}, " if chosen else "")
+        + "best epoch "
         f"{train.best_epoch}/{train.epochs} ({train.stopped}, {result.seconds['train']:.0f} s); "
         + ", ".join(f"{m} {beam[m]:.3f} vs NN {nn_row[m]:.3f}" for m in ("BLEU-4", "CIDEr") if m in beam)
     )

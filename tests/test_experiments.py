@@ -20,6 +20,7 @@ from minicap.experiments import (
     MODEL_GREEDY,
     CrossValidation,
     HoldoutResult,
+    choose_on_validation,
     cross_validate,
     holdout_evaluation,
     model_beam,
@@ -167,3 +168,42 @@ def test_cross_validation_summaries_from_known_fold_scores():
     assert "2-fold cross-validation by image (seed 4)" in text
     assert "+0.150 ± 0.071 (2/2)" in text and "(1/2)" in text
     assert cv.to_dict()["paired"] == {"model, beam 3": paired}
+
+
+# ---------------------------------------------------------------------------------- settings chosen on validation
+
+
+def test_choose_on_validation_keeps_the_best_validation_score_and_records_every_candidate():
+    coco, table = colour_data()
+    train, val = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14]
+    weak = TINY.replace(epochs=1, lr=1e-4)  # one tiny step: still the unigram model, far worse on validation
+    lines: list[str] = []
+    winner, records = choose_on_validation(coco, table, train, val, [weak, TINY.replace(epochs=15)], log=lines.append)
+    assert [r["chosen"] for r in records] == [False, True]
+    assert records[1]["best_val"] > records[0]["best_val"] and records[1]["criterion"] == "val_metric"
+    assert records[0]["differs"] == {} and records[1]["differs"] == {"epochs": 15, "lr": TINY.lr}
+    assert winner.result.best_score == records[1]["best_val"] and winner.result.epochs == 15
+    assert lines and lines[-1].startswith("chosen on validation: as configured ") and lines[-1].endswith(" *")
+    # Equal scores: the first config wins.
+    _, tied = choose_on_validation(coco, table, train, val, [TINY.replace(epochs=3)] * 2)
+    assert [r["chosen"] for r in tied] == [True, False]
+    with pytest.raises(ValueError, match="at least one"):
+        choose_on_validation(coco, table, train, val, [])
+
+
+def test_cross_validate_chooses_in_every_fold_and_scores_the_chosen_model_only():
+    """Each fold trains every candidate on its training part, keeps the best on its validation slice, and its
+    scores are exactly those of a hold-out run of the chosen settings alone (the test images chose nothing)."""
+    coco, table = colour_data()
+    weak = TINY.replace(epochs=1, lr=1e-4)
+    lines: list[str] = []
+    cv = cross_validate(coco, table, k=3, config=weak, seed=0, log=lines.append, choices=[TINY.replace(epochs=15)])
+    for fold, split in zip(cv.folds, fold_splits(coco.image_ids(), 3, 0, TINY.val_fraction), strict=True):
+        assert len(fold["choices"]) == 2 and sum(c["chosen"] for c in fold["choices"]) == 1
+        chosen = weak if fold["choices"][0]["chosen"] else TINY.replace(epochs=15)
+        alone = holdout_evaluation(coco, table, split.train, split.val, split.test, chosen)
+        assert fold["scores"] == alone.scores
+    assert any(line.startswith("fold 1/3: ") and "chosen " in line for line in lines)
+    json.dumps(cv.to_dict())  # the choices travel in --out's JSON
+    with pytest.raises(ValueError, match="beam_size"):
+        cross_validate(coco, table, k=3, config=TINY, choices=[TINY.replace(beam_size=2)])

@@ -206,6 +206,29 @@ def test_cli_evaluate_folds_on_a_feature_store(demo, coco_dir, tmp_path, capsys)
     assert saved["settings"] == CaptionerConfig(hidden_size=32, wordvec_size=16, epochs=5, min_count=1).to_dict()
 
 
+def test_cli_evaluate_chooses_settings_on_each_folds_validation_slice(demo, coco_dir, tmp_path, capsys):
+    result, _ = demo
+    out = tmp_path / "cv.json"
+    data = ["--features", str(result.features), "--captions", str(coco_dir / "captions.json"), "--cider-only"]
+    flags = ["--hidden", "32", "--wordvec", "16", "--epochs", "3", "--min-count", "1"]
+    choose = ["--choose", "dropout=0,0.3", "--choose", "lr=0.002,0.01"]
+    assert main(["evaluate", "--folds", "2", *data, *flags, *choose, "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("chosen on validation: ") == 2 and "fold 1/2: " in printed
+    saved = json.loads(out.read_text())
+    for fold in saved["folds"]:
+        settings = [(c["config"]["dropout"], c["config"]["lr"]) for c in fold["choices"]]
+        assert settings == [(0.0, 0.002), (0.0, 0.01), (0.3, 0.002), (0.3, 0.01)]  # the grid, first flag outermost
+        assert sum(c["chosen"] for c in fold["choices"]) == 1
+        assert all(c["config"]["hidden_size"] == 32 for c in fold["choices"])  # the other flags apply to each
+    assert saved["settings"]["dropout"] == 0.0 and saved["settings"]["lr"] == 0.002  # the first candidate
+    for bad in (["--choose", "dropout=1"], ["--choose", "colour=red"], ["--choose", "cell=gru"]):
+        assert main(["evaluate", "--folds", "2", *data, *flags, *bad]) == 2
+        assert capsys.readouterr().err.count("error: --choose") == 1
+    assert main(["evaluate", "--checkpoint", "x.npz", *data, "--choose", "dropout=0,0.3"]) == 2
+    assert "--choose needs --folds" in capsys.readouterr().err
+
+
 def test_captions_without_features_one_clear_error(coco_dir, demo, tmp_path, capsys):
     result, _ = demo
     data = json.loads((coco_dir / "captions.json").read_text())
