@@ -21,11 +21,25 @@ Around it, the data and the image side:
 The main entry points are importable from here: `from minicap import CaptionModel, CaptionerConfig, Trainer`.
 """
 
-from minicap.captioner import train_captioner
-from minicap.config import CaptionerConfig
-from minicap.models import CaptionModel, LSTMLanguageModel, SequenceRegressor
-from minicap.train import TrainConfig, Trainer
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from minicap.version import __version__
+
+# Where each entry point lives. They are imported on first use (PEP 562), not here: `import minicap.cli` must not
+# load NumPy, because the command line asks OpenBLAS for one thread (cli._one_blas_thread), which only works
+# before NumPy is first imported.
+_ENTRY_POINTS = {
+    "CaptionModel": "minicap.models",
+    "LSTMLanguageModel": "minicap.models",
+    "SequenceRegressor": "minicap.models",
+    "CaptionerConfig": "minicap.config",
+    "TrainConfig": "minicap.train",
+    "Trainer": "minicap.train",
+    "train_captioner": "minicap.captioner",
+}
 
 __all__ = [
     "__version__",
@@ -37,3 +51,19 @@ __all__ = [
     "Trainer",
     "train_captioner",
 ]
+
+if TYPE_CHECKING:
+    from minicap.captioner import train_captioner
+    from minicap.config import CaptionerConfig
+    from minicap.models import CaptionModel, LSTMLanguageModel, SequenceRegressor
+    from minicap.train import TrainConfig, Trainer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENTRY_POINTS:
+        return getattr(import_module(_ENTRY_POINTS[name]), name)
+    raise AttributeError(f"module 'minicap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_ENTRY_POINTS])

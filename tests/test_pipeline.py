@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -540,3 +541,25 @@ def test_cli_caption_with_the_real_encoder(cli_demo, coco_dir, capsys, request):
     lines = capsys.readouterr().out.splitlines()
     # One "IMAGE: caption" line per image, in order (this model saw 11 flat-colour photos: its words may be few).
     assert [line.split(": ", 1)[0] for line in lines] == images
+
+
+def test_the_command_line_asks_openblas_for_one_thread_before_numpy_loads():
+    """`import minicap.cli` must not load NumPy (minicap/__init__ imports its entry points lazily), or the CLI's
+    OPENBLAS_NUM_THREADS=1 would come too late and the commands would run — and round — with every core's thread."""
+    import os
+    import subprocess
+
+    code = (
+        "import os, sys, minicap.cli\n"
+        "assert 'numpy' not in sys.modules, 'importing the CLI loaded NumPy'\n"
+        "minicap.cli._one_blas_thread()\n"
+        "import numpy, minicap\n"
+        "assert minicap.CaptionModel.__name__ == 'CaptionModel'\n"
+        "print(os.environ['OPENBLAS_NUM_THREADS'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    env["OPENBLAS_NUM_THREADS"] = "2"  # the user's choice is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"
