@@ -452,8 +452,9 @@ def captured_folds(monkeypatch):
 
     calls = []
 
-    def fake(coco, store, k, config, scorer, *, seed, log, progress):
+    def fake(coco, store, k, config, scorer, *, seed, log, progress, choices=()):
         calls.append({"k": k, "config": config, "seed": seed, "scorer": scorer, "progress": progress})
+        assert list(choices) == []  # no --choose: nothing else is trained
         return SimpleNamespace(table=lambda: "the table", seconds=0.0, k=k, to_dict=lambda: {"seed": seed})
 
     monkeypatch.setattr(minicap.experiments, "cross_validate", fake)
