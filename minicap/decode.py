@@ -398,6 +398,10 @@ def beam_search(
     state = model.initial_state(features)
     remake = type(state)  # State, or a model's own state type (the attention captioner's carries α and a)
     state = remake(*(None if s is None else np.repeat(s, B, axis=0) for s in state))  # rows n·B + b
+    # A state's fields are reordered with the hypotheses at every step, except those a state type declares the
+    # same for every hypothesis of an image (`per_image`: the attention captioner's annotations and their
+    # projection, (N·B, L, F) — a gather of them cost more than the rest of its step, and changes nothing).
+    fields, per_image = state._fields, getattr(remake, "per_image", ())
     keep_maps = return_attention or (trace is not None and getattr(state, "alpha", None) is not None)
     maps = _attention_buffer(state, (N, B, max_length), keep_maps)
     words = np.full(N * B, START, dtype=np.int64)
@@ -431,7 +435,9 @@ def beam_search(
                 BeamStep(tokens[:, :, : t + 1].copy(), scores.copy(), word_log_p, parent, finished.copy(), step_maps)
             )
         rows = (image * B + parent).reshape(-1)
-        state = remake(*(None if s is None else s[rows] for s in state))
+        state = remake(
+            *(s if s is None or name in per_image else s[rows] for name, s in zip(fields, state, strict=True))
+        )
         words = word.reshape(-1)
         if finished.all():
             break

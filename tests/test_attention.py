@@ -411,3 +411,16 @@ def test_fast_decoder_refuses_unsorted_lengths():
     inputs = _inputs(N=3)
     with pytest.raises(ValueError, match="longest first"):
         fast.attention_lstm_forward(**inputs, lengths=np.array([2, 6, 1]))
+
+
+def test_beam_search_leaves_the_per_image_fields_in_place_and_that_changes_nothing(monkeypatch):
+    """AttentionState.per_image (annotations, projection) are the same for all hypotheses of an image, so beam
+    search does not gather them every step; gathering them too gives the very same captions, scores and maps."""
+    from minicap.decode import beam_search
+
+    model, annotations, _ = _model_and_batch(reg=1.0)
+    kept = beam_search(model, annotations, beam_size=3, max_length=8, return_scores=True, return_attention=True)
+    monkeypatch.setattr(AttentionState, "per_image", ())
+    gathered = beam_search(model, annotations, beam_size=3, max_length=8, return_scores=True, return_attention=True)
+    for a, b in zip(kept, gathered, strict=True):
+        np.testing.assert_array_equal(a, b)

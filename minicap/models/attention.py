@@ -55,6 +55,9 @@ class AttentionState(NamedTuple):
     proj: np.ndarray  # (N, L, A) = annotations U_att + b_att
     alpha: np.ndarray  # (N, L)
 
+    # Fields that are the same for every hypothesis of one image: beam search repeats them, never reorders them.
+    per_image = ("annotations", "proj")
+
 
 class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
     """Soft-attention captioner with hand-written gradients.
