@@ -641,7 +641,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 print(f"scores -> {args.out}")
             return 0
         choices = _choices_from_flag(args.choose, config)  # [config] without --choose
-        coco, store = _evaluation_data(args)
+        coco, store = _evaluation_data(args, spatial=any(c.model == "attention" for c in choices))
         cv = cross_validate(
             coco, store, args.folds, choices[0], scorer, seed=fold_seed, log=print, progress=not args.no_progress,
             choices=choices[1:],
@@ -695,15 +695,15 @@ def _flag_value(name: str, kind: object, text: str) -> object:
         raise ValueError(f"--choose {name}={text}: {e}") from None
 
 
-def _evaluation_data(args: argparse.Namespace) -> tuple[CocoCaptions, FeatureStore]:
-    """(CocoCaptions restricted to images with features, FeatureStore) from --coco or --features/--captions."""
+def _evaluation_data(args: argparse.Namespace, spatial: bool = False) -> tuple[CocoCaptions, FeatureStore]:
+    """(CocoCaptions restricted to images with features, FeatureStore) from --coco or --features/--captions.
+    spatial: --coco extracts the spatial maps too (an attention captioner is among the models to train)."""
     from minicap.coco import find_coco, load_coco_captions
     from minicap.pipeline import captions_with_features, ensure_encoder, ensure_features
     from minicap.vision.store import FeatureStore
 
     if args.coco is not None:
         folder = find_coco(args.coco)
-        spatial = args.model == "attention"  # the attention captioner reads the spatial maps
         encoder = ensure_encoder(args.work, log=print, spatial=spatial)
         name = "features_spatial.pkl" if spatial else "features.pkl"
         store = ensure_features(folder, encoder, f"{args.work}/{name}", progress=False, log=print, spatial=spatial)

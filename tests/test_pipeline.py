@@ -453,8 +453,9 @@ def captured_folds(monkeypatch):
     calls = []
 
     def fake(coco, store, k, config, scorer, *, seed, log, progress, choices=()):
-        calls.append({"k": k, "config": config, "seed": seed, "scorer": scorer, "progress": progress})
-        assert list(choices) == []  # no --choose: nothing else is trained
+        calls.append(
+            {"k": k, "config": config, "seed": seed, "scorer": scorer, "progress": progress, "choices": list(choices)}
+        )
         return SimpleNamespace(table=lambda: "the table", seconds=0.0, k=k, to_dict=lambda: {"seed": seed})
 
     monkeypatch.setattr(minicap.experiments, "cross_validate", fake)
@@ -466,7 +467,14 @@ def test_cli_evaluate_seed_is_a_deprecated_spelling_of_fold_seed(captured_folds,
     data = ["--features", str(result.features), "--captions", str(coco_dir / "captions.json"), "--cider-only"]
     base = ["evaluate", "--folds", "4", *data]
     assert main(base) == 0
-    assert captured_folds[-1] == {"k": 4, "config": CaptionerConfig(), "seed": 0, "scorer": None, "progress": True}
+    assert captured_folds[-1] == {
+        "k": 4,
+        "config": CaptionerConfig(),
+        "seed": 0,
+        "scorer": None,
+        "progress": True,
+        "choices": [],
+    }
     assert "deprecated" not in capsys.readouterr().err
 
     assert main([*base, "--seed", "7"]) == 0  # the old spelling still works, with a note
@@ -564,3 +572,16 @@ def test_the_command_line_asks_openblas_for_one_thread_before_numpy_loads():
     env["OPENBLAS_NUM_THREADS"] = "2"  # the user's choice is kept
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2"
+
+
+def test_cli_evaluate_extracts_spatial_maps_when_an_attention_model_is_among_the_choices(captured_folds, monkeypatch):
+    import minicap.cli
+
+    asked = []
+    monkeypatch.setattr(minicap.cli, "_evaluation_data", lambda args, spatial=False: asked.append(spatial) or (1, 2))
+    base = ["evaluate", "--folds", "2", "--coco", "x", "--cider-only", "--no-progress"]
+    assert main(base) == 0
+    assert main([*base, "--choose", "model=meanpool,attention"]) == 0
+    assert main([*base, "--model", "attention"]) == 0
+    assert asked == [False, True, True]
+    assert [len(c["choices"]) for c in captured_folds] == [0, 1, 0]  # the second model is the one choice
