@@ -113,9 +113,10 @@ def holdout_evaluation(
             raise ValueError("the settings to choose from must share beam_size (it names the table's rows)")
         candidates = [config, *choices]
         captioner, records = choose_on_validation(
-            coco, features, train_ids, val_ids, candidates, log=log, on_epoch=on_epoch
-        )
-        config = candidates[[r["chosen"] for r in records].index(True)]  # it decodes the test images
+            coco, features, train_ids, val_ids, candidates, out_dir=out_dir, max_seconds=max_seconds,
+            encoder=encoder, extra=extra, progress=progress, log=log, on_epoch=on_epoch,
+        )  # fmt: skip
+        config = next(c for c, r in zip(candidates, records, strict=True) if r["chosen"])  # it decodes the test
         seconds["train"] = sum(r["train_seconds"] for r in records)
     else:
         captioner = train_captioner(
@@ -151,12 +152,16 @@ def choose_on_validation(
     val_ids: Sequence[int] | np.ndarray,
     configs: Sequence[CaptionerConfig],
     *,
+    out_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    **train_options: Any,
 ) -> tuple[TrainedCaptioner, list[dict[str, Any]]]:
     """Settings chosen on validation images: train one captioner per config on `train_ids`; the winner is the one
     whose best epoch has the highest validation score (the early-stopping criterion, higher is better: CIDEr-D of
     greedy captions of `val_ids` by default); a tie goes to the earlier config.
+
+    out_dir: each candidate's run goes to out_dir/choice-1, choice-2, ... `log` and `train_options` (max_seconds,
+    encoder, extra, progress, on_epoch) are passed to every `train_captioner` call.
 
     Returns (the winner, one record per config: "config" (its settings), "differs" (the settings that differ from
     the first config's), "best_epoch", "best_val", "criterion", "train_seconds", "chosen").
@@ -165,9 +170,12 @@ def choose_on_validation(
         raise ValueError("choose_on_validation needs at least one config")
     first = configs[0].to_dict()
     trained, records = [], []
-    for config in configs:
+    for i, config in enumerate(configs, 1):
         differs = {k: v for k, v in config.to_dict().items() if first[k] != v}
-        captioner = train_captioner(coco, features, train_ids, val_ids, config, log=log, on_epoch=on_epoch)
+        run_dir = None if out_dir is None else Path(out_dir) / f"choice-{i}"
+        captioner = train_captioner(
+            coco, features, train_ids, val_ids, config, out_dir=run_dir, log=log, **train_options
+        )
         result = captioner.result
         if result.best_score is None:
             raise ValueError(f"the captioner with {differs or 'the first settings'} finished no epoch to compare")

@@ -207,3 +207,13 @@ def test_cross_validate_chooses_in_every_fold_and_scores_the_chosen_model_only()
     json.dumps(cv.to_dict())  # the choices travel in --out's JSON
     with pytest.raises(ValueError, match="beam_size"):
         cross_validate(coco, table, k=3, config=TINY, choices=[TINY.replace(beam_size=2)])
+
+
+def test_holdout_with_choices_keeps_every_candidates_run_in_its_own_folder(tmp_path):
+    coco, table = colour_data()
+    result = holdout_evaluation(
+        coco, table, list(range(1, 12)), [12], [13, 14, 15], TINY.replace(epochs=2), out_dir=tmp_path,
+        choices=[TINY.replace(epochs=3)],
+    )  # fmt: skip
+    assert (tmp_path / "choice-1" / "best.npz").is_file() and (tmp_path / "choice-2" / "best.npz").is_file()
+    assert len(result.choices) == 2 and sum(c["chosen"] for c in result.choices) == 1
