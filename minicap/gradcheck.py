@@ -268,17 +268,17 @@ def check_dropout(seed: int = 0) -> list[CheckResult]:
 DROPOUT_SEED = 7  # the generator seed that fixes the caption model's dropout masks in the checks below
 
 
-def _dropout_models(cell: str) -> tuple[str, SequenceModel, tuple[np.ndarray, np.ndarray]]:
-    """A small float64 captioner with dropout 0.3 and its batch: CaptionModel(cell), or the attention one."""
+def _dropout_models(which: str) -> tuple[str, SequenceModel, tuple[np.ndarray, np.ndarray]]:
+    """A small float64 captioner with dropout 0.3 and its batch: CaptionModel(cell `which`), or the attention one."""
     features, captions = small_caption_batch()
-    if cell == "attention":
+    if which == "attention":
         annotations = np.random.default_rng(1).standard_normal((3, 4, 7))  # N = 3, L = 4, F = 7
         model = AttentionCaptionModel(
             11, 7, wordvec_size=4, hidden_size=5, attention_size=3, reg=1.5, dtype=np.float64, dropout=0.3
         )
         return "AttentionCaptionModel(λ=1.5) dropout", model, (annotations, captions)
-    model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=cell, dtype=np.float64, dropout=0.3)
-    return f"CaptionModel({cell}) dropout", model, (features, captions)
+    model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=which, dtype=np.float64, dropout=0.3)
+    return f"CaptionModel({which}) dropout", model, (features, captions)
 
 
 DROPOUT_MODELS = ("lstm", "rnn", "attention")  # the captioners with dropout: both mean-pooled cells, attention
