@@ -10,6 +10,7 @@ import pytest
 import minicap.nn.attention as att
 from minicap import gradcheck
 from minicap.gradcheck import NORM_REL, SEQUENCE_MAX_REL, STEP_MAX_REL
+from minicap.gradcheck.attention import attention_lstm_inputs
 from minicap.models import AttentionCaptionModel, AttentionState
 from minicap.tokens import target_mask
 
@@ -83,7 +84,7 @@ def test_a_wrong_attention_backward_is_caught(monkeypatch):
 
 def _inputs(seed=0, N=4, T=6):
     rng = np.random.default_rng(seed)
-    return gradcheck._attention_lstm_inputs(rng, N=N, T=T)
+    return attention_lstm_inputs(rng, N=N, T=T)
 
 
 def test_sequence_is_a_loop_over_the_step():
