@@ -11,8 +11,8 @@ from test_experiments import TINY, colour_data
 
 from minicap import gradcheck, nn
 from minicap.captioner import new_captioner, train_captioner
-from minicap.cli import _config_from_flags as config_from_flags
 from minicap.cli import build_parser
+from minicap.cli.flags import config_from_flags
 from minicap.config import CaptionerConfig
 from minicap.decode import greedy
 from minicap.gradcheck import small_caption_batch

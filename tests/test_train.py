@@ -13,7 +13,8 @@ import pytest
 
 import minicap.safe_io
 from minicap.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from minicap.cli import _CONFIG_FLAGS, main
+from minicap.cli import main
+from minicap.cli.flags import CONFIG_FLAGS
 from minicap.config import CaptionerConfig
 from minicap.dataset import CaptionDataset, FeatureTable, feature_statistics
 from minicap.decode import decode_captions, greedy
@@ -568,7 +569,7 @@ def test_cli_train_bad_inputs_and_divergence(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------- flags of the one configuration
 
-# One value per flag of `_CONFIG_FLAGS`, each different from CaptionerConfig()'s default.
+# One value per flag of `CONFIG_FLAGS`, each different from CaptionerConfig()'s default.
 FLAG_VALUES = {
     "--model": ("attention", "attention"),
     "--attention-size": ("64", 64),
@@ -620,7 +621,7 @@ def test_cli_train_without_flags_uses_the_one_configuration(captured_train):
 
 
 def test_every_config_flag_of_cli_train_overrides_exactly_one_field(captured_train):
-    fields = {flag: field for flag, field, _, _ in _CONFIG_FLAGS}
+    fields = {flag: field for flag, field, _, _ in CONFIG_FLAGS}
     assert set(FLAG_VALUES) | {"--test-images"} == set(fields)  # every flag is tested
     for flag, (text, value) in FLAG_VALUES.items():
         assert getattr(CaptionerConfig(), fields[flag]) != value, flag
