@@ -27,7 +27,8 @@ class CaptionerConfig:
                ("lstm" | "rnn"; the attention decoder is an LSTM), hidden_size H, wordvec_size W, dropout (inverted
                dropout rate on the word vectors and the LSTM outputs in training, as in Show and Tell; 0 = none;
                both captioners); attention only: attention_size A, attention_reg (λ of the doubly
-               stochastic regulariser)
+               stochastic regulariser), deep_output (the paper's deep output layer: the word scores read
+               tanh(x_t + h_t L_h + ẑ_t L_z + b_out) instead of h_t)
     Text:      min_count (a word needs this many training occurrences, else <UNK>), max_length (words per
                training caption; longer ones are truncated)
     Split:     by image (`minicap.coco.split_images`): test_fraction of the images, at least min_test_images and at
@@ -71,6 +72,7 @@ class CaptionerConfig:
     dropout: float = 0.0
     attention_size: int = 256
     attention_reg: float = 1.0
+    deep_output: bool = False
     # text
     min_count: int = 3
     max_length: int = 16
@@ -106,6 +108,8 @@ class CaptionerConfig:
             raise ValueError(f'model must be "meanpool" or "attention", got {self.model!r}')
         if self.model == "attention" and self.cell != "lstm":
             raise ValueError("the attention captioner's decoder is an LSTM: use cell='lstm' with model='attention'")
+        if self.deep_output and self.model != "attention":
+            raise ValueError("deep_output is a layer of the attention captioner: use it with model='attention'")
         if int(self.attention_size) < 1:
             raise ValueError(f"attention_size must be >= 1, got {self.attention_size}")
         if not (math.isfinite(self.attention_reg) and self.attention_reg >= 0):
@@ -142,7 +146,7 @@ class CaptionerConfig:
     @property
     def model_options(self) -> dict[str, Any]:
         """The model constructor's share: CaptionModel's cell, hidden_size, wordvec_size, seed, dropout; or
-        AttentionCaptionModel's hidden_size, wordvec_size, attention_size, reg, seed, dropout."""
+        AttentionCaptionModel's hidden_size, wordvec_size, attention_size, reg, seed, dropout, deep_output."""
         if self.model == "attention":
             return {
                 "hidden_size": self.hidden_size,
@@ -151,6 +155,7 @@ class CaptionerConfig:
                 "reg": self.attention_reg,
                 "seed": self.seed,
                 "dropout": self.dropout,
+                "deep_output": self.deep_output,
             }
         return {
             "cell": self.cell,

@@ -20,6 +20,7 @@ STEP_CHECKS = [
     gradcheck.check_init_state,
     gradcheck.check_attention_lstm_step,
     gradcheck.check_doubly_stochastic,
+    gradcheck.check_deep_output,
 ]
 
 
@@ -37,14 +38,19 @@ def test_step_level_gradients(check, seed):
 
 
 @pytest.mark.parametrize("lengths", [None, (5, 3, 3, 1, 0), (2, 5, 1)])
-def test_sequence_gradients_with_padding(lengths):
-    _assert_within(gradcheck.check_attention_lstm_sequence(lengths=lengths), SEQUENCE_MAX_REL)
+@pytest.mark.parametrize("contexts", [False, True], ids=["", "dcontexts"])
+def test_sequence_gradients_with_padding(lengths, contexts):
+    _assert_within(gradcheck.check_attention_lstm_sequence(lengths=lengths, contexts=contexts), SEQUENCE_MAX_REL)
 
 
 def test_whole_attention_model_gradients():
     results = [r for r in gradcheck.check_models() if r.function.startswith("AttentionCaptionModel")]
-    assert {r.function for r in results} == {"AttentionCaptionModel(λ=0)", "AttentionCaptionModel(λ=1.5)"}
-    assert len(results) == 2 * 16  # every parameter, with and without the regulariser
+    assert {r.function for r in results} == {
+        "AttentionCaptionModel(λ=0)",
+        "AttentionCaptionModel(λ=1.5)",
+        "AttentionCaptionModel(λ=1.5, deep output)",
+    }
+    assert len(results) == 2 * 16 + 19  # every parameter, with and without the regulariser; + L_h, L_z, b_out
     _assert_within(results, SEQUENCE_MAX_REL)
 
 
@@ -132,17 +138,20 @@ def test_doubly_stochastic_loss_values():
     assert att.doubly_stochastic_loss(alphas, mask, 0.0)[0] == 0
 
 
-def _model_and_batch(reg=0.0, dtype=np.float64):
+def _model_and_batch(reg=0.0, dtype=np.float64, deep_output=False):
     features, captions = gradcheck.small_caption_batch(0, N=4, T=7)
     rng = np.random.default_rng(3)
     annotations = rng.standard_normal((4, 5, 7))
-    model = AttentionCaptionModel(11, 7, wordvec_size=4, hidden_size=6, attention_size=3, reg=reg, dtype=dtype)
+    model = AttentionCaptionModel(
+        11, 7, wordvec_size=4, hidden_size=6, attention_size=3, reg=reg, dtype=dtype, deep_output=deep_output
+    )
     return model, annotations, captions
 
 
-def test_step_reproduces_the_loss():
+@pytest.mark.parametrize("deep_output", [False, True], ids=["", "deep output"])
+def test_step_reproduces_the_loss(deep_output):
     """Teacher-forcing the model through `step` gives the same words loss as `loss` (λ = 0)."""
-    model, annotations, captions = _model_and_batch()
+    model, annotations, captions = _model_and_batch(deep_output=deep_output)
     loss, _ = model.loss(annotations, captions, backward=False)
     state = model.initial_state(annotations)
     assert isinstance(state, AttentionState)
@@ -296,6 +305,58 @@ def test_the_attention_captioner_trains_with_dropout_from_the_config():
     assert not np.array_equal(trained.result.model.params["Wx"], without.result.model.params["Wx"])
 
 
+def test_the_deep_output_layer_is_a_setting_of_the_attention_captioner():
+    """The deep output layer adds L_h (H, W), L_z (F, W), b_out (W,) and makes W_vocab (W, V); the other weights
+    start as without it (the same seed); the setting survives config/from_config and reaches the model from the
+    configuration and the command line."""
+    from minicap.cli import build_parser
+    from minicap.cli.flags import config_from_flags
+    from minicap.config import CaptionerConfig
+
+    plain, _, _ = _model_and_batch()
+    deep, annotations, captions = _model_and_batch(deep_output=True)
+    assert set(deep.params) - set(plain.params) == {"L_h", "L_z", "b_out"}
+    assert deep.params["L_h"].shape == (6, 4) and deep.params["L_z"].shape == (7, 4)
+    assert deep.params["W_vocab"].shape == (4, 11) and plain.params["W_vocab"].shape == (6, 11)
+    for name in set(plain.params) - {"W_vocab"}:
+        np.testing.assert_array_equal(deep.params[name], plain.params[name])
+    assert deep.loss(annotations, captions, False)[0] != plain.loss(annotations, captions, False)[0]
+    again = AttentionCaptionModel.from_config(deep.config, deep.params)
+    assert (
+        again.deep_output and again.loss(annotations, captions, False)[0] == deep.loss(annotations, captions, False)[0]
+    )
+    old = {k: v for k, v in plain.config.items() if k != "deep_output"}  # a checkpoint from before the setting
+    assert AttentionCaptionModel.from_config(old, plain.params).deep_output is False
+    assert CaptionerConfig(model="attention", deep_output=True).model_options["deep_output"] is True
+    with pytest.raises(ValueError, match="deep_output"):
+        CaptionerConfig(deep_output=True)  # the mean-pooled captioner has no such layer
+    args = build_parser().parse_args(["train", "--features", "f", "--captions", "c", "--model", "attention",
+                                      "--deep-output", "yes"])  # fmt: skip
+    config, given = config_from_flags(args)
+    assert config.deep_output is True and "deep_output" in given
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--features", "f", "--captions", "c", "--deep-output", "maybe"])
+
+
+def test_the_attention_captioner_with_a_deep_output_layer_trains_saves_and_loads(tmp_path):
+    from test_experiments import TINY
+
+    from minicap.captioner import train_captioner
+    from minicap.checkpoint import load_checkpoint
+
+    coco, store = spatial_colour_data()
+    config = TINY.replace(model="attention", attention_size=8, epochs=2, deep_output=True)
+    trained = train_captioner(coco, store, list(range(1, 12)), [12], config, out_dir=tmp_path)
+    assert trained.model.deep_output and {"L_h", "L_z", "b_out"} <= set(trained.model.params)
+    ckpt = load_checkpoint(trained.result.best_path)
+    assert ckpt.model.deep_output and ckpt.extra["config"]["deep_output"] is True
+    a = store.lookup_spatial([13]).reshape(1, 4, 8)
+    words = np.array([1])
+    scores, _ = ckpt.model.step(words, ckpt.model.initial_state(a))
+    expected, _ = trained.model.step(words, trained.model.initial_state(a))
+    np.testing.assert_array_equal(scores, expected)
+
+
 def test_attention_config_is_checked():
     from minicap.config import CaptionerConfig
 
@@ -390,7 +451,7 @@ def test_fast_decoder_gradients(lengths):
 
 def test_fast_decoder_equals_the_readable_loop():
     results = gradcheck.check_fast_attention_equals_reference()
-    assert len(results) == 2 * (2 + 12)
+    assert len(results) == 2 * (3 + 12)  # h, α, ẑ and the 12 gradients, without and with lengths
     failed = [r.line() for r in results if not r.passed]
     assert not failed, failed
 

@@ -70,14 +70,15 @@ def test_a_wrong_dropout_backward_is_caught(monkeypatch):
 @pytest.mark.parametrize("fast", [False, True])
 def test_caption_model_gradients_with_dropout(fast):
     results = gradcheck.check_caption_dropout(fast)
-    # 8 parameters per mean-pooled cell (lstm, rnn), 16 for the attention captioner
-    assert len(results) == 32 and all(r.passed for r in results)
-    assert sum("AttentionCaptionModel" in r.function for r in results) == 16
+    # 8 parameters per mean-pooled cell (lstm, rnn), 16 for the attention captioner, 19 with its deep output layer
+    assert len(results) == 32 + 19 and all(r.passed for r in results)
+    assert sum("AttentionCaptionModel" in r.function for r in results) == 16 + 19
 
 
 def test_fast_equals_reference_with_the_same_dropout_masks():
     results = [r for r in gradcheck.check_fast_equals_reference() if "dropout" in r.function]
-    assert len(results) == 18 + 17 and all(r.passed for r in results)  # + the attention captioner's loss, 16 grads
+    # + the attention captioner's loss and 16 gradients, and with its deep output layer the loss and 19 gradients
+    assert len(results) == 18 + 17 + 20 and all(r.passed for r in results)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "rnn"])

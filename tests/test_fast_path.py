@@ -440,8 +440,9 @@ def test_float32_models_on_the_fast_path(label):
 
 def test_gradcheck_proves_fast_equals_reference():
     results = gradcheck.check_fast_equals_reference()
-    # + CaptionModel with dropout (both cells), the attention captioner (λ = 0, 1.5), and the attention one with dropout
-    assert len(results) == 73 + 18 + 34 + 17
+    # + CaptionModel with dropout (both cells), the attention captioner (λ = 0, 1.5), the attention one with dropout,
+    # and the attention one with its deep output layer (without and with dropout)
+    assert len(results) == 73 + 18 + 34 + 17 + 20 + 20
     assert all(isinstance(r, gradcheck.EqualityResult) for r in results)
     failed = [r.line() for r in results if not r.passed]
     assert not failed, failed
@@ -462,6 +463,8 @@ def test_gradcheck_proves_fast_equals_reference():
         "AttentionCaptionModel(λ=0)",
         "AttentionCaptionModel(λ=1.5)",
         "AttentionCaptionModel(λ=1.5) dropout",
+        "AttentionCaptionModel(λ=1.5, deep output)",
+        "AttentionCaptionModel(λ=1.5, deep output) dropout",
     } == functions
     for r in results:
         # (words_loss names its gradients after its inputs: its "h" is dh)

@@ -42,6 +42,7 @@ MODEL_PARAMS = {
 ATTENTION_PARAMS = {"W_h0", "b_h0", "W_c0", "b_c0", "U_att", "b_att", "W_att", "w_att", "w_beta", "b_beta"}
 ATTENTION_PARAMS |= {"W_embed", "Wx", "Wh", "b", "W_vocab", "b_vocab"}
 MODEL_PARAMS["AttentionCaptionModel(λ=0)"] = MODEL_PARAMS["AttentionCaptionModel(λ=1.5)"] = ATTENTION_PARAMS
+MODEL_PARAMS["AttentionCaptionModel(λ=1.5, deep output)"] = ATTENTION_PARAMS | {"L_h", "L_z", "b_out"}
 
 
 # One report line: status, function (may contain spaces), input or output name, then the numbers.
@@ -180,9 +181,11 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     # reference lines (18 of them the caption model with dropout). Soft attention adds 51 + 24 (its fast decoder)
     # function checks, 2 × 32 model checks (λ = 0 and 1.5, 16 parameters, both paths) and 2 × 17 (models) + 2 × 14
     # (the decoder, with and without lengths) fast == reference lines. The attention captioner with dropout adds
-    # 2 × 16 model checks (both paths) and 17 fast == reference lines.
-    assert lines[-1] == "532/532 checks passed"
-    assert sum("fast == reference" in line for line in lines) == 91 + 34 + 28 + 17
+    # 2 × 16 model checks (both paths) and 17 fast == reference lines. The deep output layer adds 6 function checks,
+    # 2 × 12 decoder checks with a gradient on the contexts ẑ, 2 × 2 × 19 model checks (without and with dropout,
+    # both paths), and 2 (the contexts) + 2 × 20 fast == reference lines.
+    assert lines[-1] == "680/680 checks passed"
+    assert sum("fast == reference" in line for line in lines) == 91 + 34 + 28 + 17 + 42
     parsed = [LINE.match(line) for line in lines[:-1]]
     assert all(parsed), "every line but the summary is one check"
     functions = {m["function"] for m in parsed}
@@ -229,7 +232,7 @@ def test_cli_gradcheck_reports_and_exits(capsys, monkeypatch):
     monkeypatch.setattr(gradcheck, "check_affine", failing)
     assert cli_main(["gradcheck"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "529/532 checks passed — FAILED"
+    assert "FAIL affine" in out and out.strip().splitlines()[-1] == "677/680 checks passed — FAILED"
 
 
 def test_cli_gradcheck_fails_when_fast_differs_from_reference(capsys, monkeypatch):

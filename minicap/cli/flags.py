@@ -50,6 +50,14 @@ non_negative_float = number(float, 0)
 fraction = number(float, 0, high=1)
 
 
+def yes_no(text: str) -> bool:
+    """An argparse type: yes/no (also true/false, on/off, 1/0) -> bool."""
+    words = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return words[text.lower()]
+
+
 # ----------------------------------------------------------------------------------------------- the configuration
 # `minicap train`, `demo` and `evaluate` build the same captioner from the one CaptionerConfig; each of these flags
 # overrides one of its fields (defaults None, so that a resumed run can tell a flag given on purpose from a default).
@@ -70,6 +78,7 @@ CONFIG_FLAGS: list[tuple[str, str, object, str]] = [
     ("--dropout", "dropout", fraction, "inverted dropout rate on word vectors and LSTM outputs (training)"),
     ("--attention-size", "attention_size", positive_int, "attention size A (--model attention)"),
     ("--attention-reg", "attention_reg", non_negative_float, "λ of the doubly stochastic regulariser (attention)"),
+    ("--deep-output", "deep_output", yes_no, "yes: the paper's deep output layer (attention)"),
     ("--min-count", "min_count", positive_int, "keep words seen at least this often in the training captions"),
     ("--max-length", "max_length", positive_int, "longest training caption in words; longer ones are cut"),
     ("--split-seed", "split_seed", non_negative_int, "seed of the train/val/test split by image"),
@@ -100,10 +109,13 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
             continue
         default = getattr(defaults, field)
         default_text = "never" if field == "patience" and default is None else default
+        if isinstance(default, bool):
+            default_text = "yes" if default else "no"
         if isinstance(kind, list):
             group.add_argument(flag, dest=field, choices=kind, help=f"{text} (default {default_text})")
         else:
-            group.add_argument(flag, dest=field, type=kind, help=f"{text} (default {default_text})")
+            metavar = "yes|no" if kind is yes_no else None
+            group.add_argument(flag, dest=field, type=kind, metavar=metavar, help=f"{text} (default {default_text})")
 
 
 def config_from_flags(args: argparse.Namespace) -> tuple[CaptionerConfig, list[str]]:

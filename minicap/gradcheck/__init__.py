@@ -42,6 +42,7 @@ from minicap.gradcheck.attention import (
     check_attention,
     check_attention_lstm_sequence,
     check_attention_lstm_step,
+    check_deep_output,
     check_doubly_stochastic,
     check_fast_attention_equals_reference,
     check_gate,
@@ -90,7 +91,8 @@ __all__ = [
     "check_affine", "check_word_embedding", "check_temporal_affine", "check_temporal_softmax_loss", "check_dropout",
     "check_mse_loss", "check_rnn_step", "check_lstm_step", "check_gru_step", "check_sequence", "check_words_loss",
     "check_attention", "check_gate", "check_init_state", "check_attention_lstm_step",
-    "check_attention_lstm_sequence", "check_doubly_stochastic", "check_fast_attention_equals_reference",
+    "check_attention_lstm_sequence", "check_deep_output", "check_doubly_stochastic",
+    "check_fast_attention_equals_reference",
     "attention_checks", "small_caption_batch", "check_models", "check_caption_dropout",
     "check_fast_equals_reference", "all_checks", "run_all_checks",
 ]  # fmt: skip

@@ -99,36 +99,68 @@ def attention_lstm_inputs(rng: np.random.Generator, N: int = 3, T: int | None = 
 
 
 def check_attention_lstm_step(seed: int = 0) -> list[CheckResult]:
-    """One attention-LSTM step; h, c and α all receive a gradient."""
+    """One attention-LSTM step; h, c, α and the gated context ẑ (read by a deep output layer) all receive a
+    gradient."""
     rng = np.random.default_rng(seed)
     inputs = attention_lstm_inputs(rng)
     h, c, alpha, cache = att.attention_lstm_step_forward(**inputs)
-    douts = (rng.standard_normal(h.shape), rng.standard_normal(c.shape), rng.standard_normal(alpha.shape))
-    g = att.attention_lstm_step_backward(*douts, cache)
+    context = att.step_context(cache)
+    douts = tuple(rng.standard_normal(out.shape) for out in (h, c, alpha, context))
+    g = att.attention_lstm_step_backward(*douts[:3], cache, dcontext=douts[3])
     names = ("x", "prev_h", "prev_c", "annotations", "proj", "W_att", "w_att", "w_beta", "b_beta", "Wx", "Wh", "b")
     analytic = {name: getattr(g, f"d{name}") for name in names}
-    fwd = lambda **kw: att.attention_lstm_step_forward(**kw)[:3]  # noqa: E731
+
+    def fwd(**kw: np.ndarray) -> tuple[np.ndarray, ...]:
+        h, c, alpha, cache = att.attention_lstm_step_forward(**kw)
+        return h, c, alpha, att.step_context(cache)
+
     return check_outputs("attention_lstm_step", fwd, inputs, analytic, douts, STEP_MAX_REL)
 
 
 def check_attention_lstm_sequence(
-    seed: int = 0, lengths: tuple[int, ...] | None = None, fast: bool = False
+    seed: int = 0, lengths: tuple[int, ...] | None = None, fast: bool = False, contexts: bool = False
 ) -> list[CheckResult]:
     """The decoder's sequence loop (or `minicap.nn.fast`'s); with `lengths` (longest first), captions that end
-    early (padding steps, α = 0 there)."""
+    early (padding steps, α = 0 there); with `contexts`, the gated contexts ẑ_t (`attention_contexts`, what a deep
+    output layer reads) receive a gradient too."""
     rng = np.random.default_rng(seed)
     inputs = attention_lstm_inputs(rng, N=len(lengths or (5, 5)), T=5)
     lens = None if lengths is None else np.array(lengths)
     module = nn.fast if fast else att
-    h, alphas, cache = module.attention_lstm_forward(**inputs, lengths=lens)
-    douts = (rng.standard_normal(h.shape), rng.standard_normal(alphas.shape))
-    g = module.attention_lstm_backward(*douts, cache)
+
+    def fwd(**kw: np.ndarray) -> tuple[np.ndarray, ...]:
+        h, alphas, cache = module.attention_lstm_forward(**kw, lengths=lens)
+        return (h, alphas, module.attention_contexts(cache)) if contexts else (h, alphas)
+
+    outs = fwd(**inputs)
+    douts = tuple(rng.standard_normal(out.shape) for out in outs)
+    _, _, cache = module.attention_lstm_forward(**inputs, lengths=lens)
+    g = module.attention_lstm_backward(*douts[:2], cache, dcontexts=douts[2] if contexts else None)
     names = ("x", "h0", "c0", "proj", "W_att", "w_att", "w_beta", "b_beta", "Wx", "Wh", "b")
     analytic = {name: getattr(g, f"d{name}") for name in names}
     analytic["annotations"] = g.dannotations
-    fwd = lambda **kw: module.attention_lstm_forward(**kw, lengths=lens)[:2]  # noqa: E731
     name = f"{'fast.' if fast else ''}attention_lstm_forward/backward" + ("" if lengths is None else " (lengths)")
-    return check_outputs(name, fwd, inputs, analytic, douts, SEQUENCE_MAX_REL)
+    return check_outputs(name + (" + ẑ" if contexts else ""), fwd, inputs, analytic, douts, SEQUENCE_MAX_REL)
+
+
+def check_deep_output(seed: int = 0) -> list[CheckResult]:
+    """The deep output layer o = tanh(x + h L_h + ẑ L_z + b_out) over a whole caption."""
+    rng = np.random.default_rng(seed)
+    N, T, W, H, F = 3, 4, 2, 5, 6
+    inputs = {
+        "x": rng.standard_normal((N, T, W)),
+        "h": rng.standard_normal((N, T, H)),
+        "contexts": rng.standard_normal((N, T, F)),
+        "L_h": rng.standard_normal((H, W)) * 0.5,
+        "L_z": rng.standard_normal((F, W)) * 0.5,
+        "b_out": rng.standard_normal(W) * 0.5,
+    }
+    out, cache = att.deep_output_forward(**inputs)
+    dout = rng.standard_normal(out.shape)
+    grads = att.deep_output_backward(dout, cache)
+    analytic = dict(zip(("x", "h", "contexts", "L_h", "L_z", "b_out"), grads, strict=True))
+    fwd = lambda **kw: att.deep_output_forward(**kw)[0]  # noqa: E731
+    return check_array_function("deep_output", fwd, inputs, analytic, dout, STEP_MAX_REL)
 
 
 def check_doubly_stochastic(seed: int = 0) -> list[CheckResult]:
@@ -144,7 +176,7 @@ def check_doubly_stochastic(seed: int = 0) -> list[CheckResult]:
 
 def check_fast_attention_equals_reference(seed: int = 0) -> list[EqualityResult]:
     """`minicap.nn.fast.attention_lstm_*` against the readable loop: outputs and every gradient, with and without
-    lengths (and with and without a gradient arriving at the maps α)."""
+    lengths (and with and without gradients arriving at the maps α and the contexts ẑ)."""
     rng = np.random.default_rng(seed)
     results = []
     for lengths in (None, np.array([6, 6, 4, 4, 1, 0])):
@@ -153,10 +185,13 @@ def check_fast_attention_equals_reference(seed: int = 0) -> list[EqualityResult]
         h_ref, a_ref, cache_ref = att.attention_lstm_forward(**inputs, lengths=lengths)
         h_fast, a_fast, cache_fast = nn.fast.attention_lstm_forward(**inputs, lengths=lengths)
         results += [equal(name, "h", h_fast, h_ref, FORWARD_EQUAL), equal(name, "alphas", a_fast, a_ref, FORWARD_EQUAL)]
+        z_ref, z_fast = att.attention_contexts(cache_ref), nn.fast.attention_contexts(cache_fast)
+        results.append(equal(name, "contexts", z_fast, z_ref, FORWARD_EQUAL))
         dh = rng.standard_normal(h_ref.shape)
         dalphas = None if lengths is None else rng.standard_normal(a_ref.shape)
-        g_ref = att.attention_lstm_backward(dh, dalphas, cache_ref)
-        g_fast = nn.fast.attention_lstm_backward(dh, dalphas, cache_fast)
+        dcontexts = None if lengths is None else rng.standard_normal(z_ref.shape)
+        g_ref = att.attention_lstm_backward(dh, dalphas, cache_ref, dcontexts)
+        g_fast = nn.fast.attention_lstm_backward(dh, dalphas, cache_fast, dcontexts)
         for field in g_ref._fields:
             results.append(equal(name, field, getattr(g_fast, field), getattr(g_ref, field), GRADIENT_EQUAL))
     return results
@@ -174,6 +209,9 @@ def attention_checks() -> list[CheckResult | EqualityResult]:
         *check_attention_lstm_sequence(lengths=(5, 3, 3, 1, 0)),
         *check_attention_lstm_sequence(fast=True),
         *check_attention_lstm_sequence(lengths=(5, 3, 3, 1, 0), fast=True),
+        *check_attention_lstm_sequence(lengths=(5, 3, 3, 1, 0), contexts=True),
+        *check_attention_lstm_sequence(lengths=(5, 3, 3, 1, 0), fast=True, contexts=True),
+        *check_deep_output(),
         *check_doubly_stochastic(),
         *check_fast_attention_equals_reference(),
     ]

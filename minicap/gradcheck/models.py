@@ -58,6 +58,10 @@ def _model_batches(seed: int = 0) -> list[tuple[str, SequenceModel, tuple[np.nda
             11, 7, wordvec_size=4, hidden_size=5, attention_size=3, reg=reg, dtype=np.float64
         )
         out.append((f"AttentionCaptionModel(λ={reg:g})", attention, (annotations, captions)))
+    deep = AttentionCaptionModel(
+        11, 7, wordvec_size=4, hidden_size=5, attention_size=3, reg=1.5, dtype=np.float64, deep_output=True
+    )
+    out.append(("AttentionCaptionModel(λ=1.5, deep output)", deep, (annotations, captions)))
     for cell in ("lstm", "gru", "rnn"):
         regressor = SequenceRegressor(2, 5, cell=cell, init="xavier", dtype=np.float64)
         out.append((f"SequenceRegressor({cell})", regressor, (x, y)))
@@ -157,19 +161,23 @@ DROPOUT_SEED = 7  # the generator seed that fixes the caption model's dropout ma
 
 
 def _dropout_models(which: str) -> tuple[str, SequenceModel, tuple[np.ndarray, np.ndarray]]:
-    """A small float64 captioner with dropout 0.3 and its batch: CaptionModel(cell `which`), or the attention one."""
+    """A small float64 captioner with dropout 0.3 and its batch: CaptionModel(cell `which`), or the attention one
+    (which "attention", or "attention-deep" with the deep output layer)."""
     features, captions = small_caption_batch()
-    if which == "attention":
+    if which.startswith("attention"):
         annotations = np.random.default_rng(1).standard_normal((3, 4, 7))  # N = 3, L = 4, F = 7
+        deep = which == "attention-deep"
         model = AttentionCaptionModel(
-            11, 7, wordvec_size=4, hidden_size=5, attention_size=3, reg=1.5, dtype=np.float64, dropout=0.3
-        )
-        return "AttentionCaptionModel(λ=1.5) dropout", model, (annotations, captions)
+            11, 7, wordvec_size=4, hidden_size=5, attention_size=3, reg=1.5, dtype=np.float64, dropout=0.3,
+            deep_output=deep,
+        )  # fmt: skip
+        return f"AttentionCaptionModel(λ=1.5{', deep output' if deep else ''}) dropout", model, (annotations, captions)
     model = CaptionModel(11, 7, wordvec_size=4, hidden_size=5, cell=which, dtype=np.float64, dropout=0.3)
     return f"CaptionModel({which}) dropout", model, (features, captions)
 
 
-DROPOUT_MODELS = ("lstm", "rnn", "attention")  # the captioners with dropout: both mean-pooled cells, attention
+# the captioners with dropout: both mean-pooled cells, attention without and with the deep output layer
+DROPOUT_MODELS = ("lstm", "rnn", "attention", "attention-deep")
 
 
 def check_caption_dropout(fast: bool = False) -> list[CheckResult]:

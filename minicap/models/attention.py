@@ -7,6 +7,12 @@
            h_t, c_t = LSTM([x_t, ẑ_t], h_{t−1}, c_{t−1})               (minicap.nn.attention)
     h ──affine──▶ scores ──masked softmax loss──▶ + λ Σ_i (1 − Σ_t α_ti)² / N ──▶ loss
 
+With `deep_output` the word scores read more than h_t: the paper's deep output layer (its eq. 7),
+
+    o_t = tanh(x_t + h_t L_h + ẑ_t L_z + b_out)   (N, T, W)       scores_t = o_t W_vocab + b_vocab
+
+so the previous word and the context reach the scores directly, not only through the LSTM.
+
 In training (a loss given a generator `rng`), inverted dropout with rate `dropout` acts where it does in the
 mean-pooled `CaptionModel`: on the word vectors x before the decoder and on its outputs h before the word scores.
 The attention, the context and the recurrent connections are left alone; validation and decoding use the whole
@@ -24,6 +30,7 @@ Parameters (flat dict, gradients with the same keys):
     W_embed (V, W)                            word vectors
     Wx (W + F, 4H), Wh (H, 4H), b (4H,)       the LSTM on [word, context]; rows Wx[:W] read the word
     W_vocab (H, V), b_vocab (V,)              hidden state -> word scores
+    with deep_output: L_h (H, W), L_z (F, W), b_out (W,), and W_vocab (W, V) reads o_t instead of h_t
 
 Letters: N batch, T time steps, L locations, F annotation size, A attention size, W word-vector size,
 H hidden size, V vocabulary size.
@@ -72,7 +79,9 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
     dtype : float32 to train, float64 for gradient checks.
     seed : initialisation seed.
     word_counts : optional (V,): the output bias starts at log word frequencies (`log_frequency_bias`).
-    dropout : rate p of the inverted dropout on the word vectors and on the decoder's outputs in training (0: none).
+    dropout : rate p of the inverted dropout on the word vectors and on the decoder's outputs in training (0: none;
+        with deep_output the dropped outputs are o_t).
+    deep_output : the deep output layer (above): the scores read tanh(x_t + h_t L_h + ẑ_t L_z + b_out).
     """
 
     def __init__(
@@ -87,6 +96,7 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         seed: int = 0,
         word_counts: np.ndarray | None = None,
         dropout: float = 0.0,
+        deep_output: bool = False,
     ) -> None:
         if vocab_size < len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size must count the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
@@ -109,6 +119,7 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         self.attention_size = int(attention_size)
         self.reg = float(reg)
         self.dropout = float(dropout)
+        self.deep_output = bool(deep_output)
         self.dtype = np.dtype(dtype)
         self.seed = int(seed)
         self.feature_mean: np.ndarray | None = None
@@ -137,6 +148,11 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
             "W_vocab": normal_init(rng, (H, V), H),
             "b_vocab": np.zeros(V),
         }
+        if self.deep_output:  # drawn after the others: the same seed gives the other weights the same values
+            params["L_h"] = normal_init(rng, (H, W), H)
+            params["L_z"] = normal_init(rng, (F, W), F)
+            params["b_out"] = np.zeros(W)
+            params["W_vocab"] = normal_init(rng, (W, V), W)
         params["b"][H : 2 * H] = 1.0  # forget gate
         if word_counts is not None:
             if np.shape(word_counts) != (V,):
@@ -156,6 +172,7 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
             "dtype": self.dtype.name,
             "seed": self.seed,
             "dropout": self.dropout,
+            "deep_output": self.deep_output,
         }
 
     def _check_annotations(self, annotations: np.ndarray) -> np.ndarray:
@@ -215,9 +232,13 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         h, alphas, dec_cache = decoder.attention_lstm_forward(
             x, h0, c0, a, proj, *self._decoder_params(), lengths=lengths
         )
+        out = h  # what the word scores read: h_t, or the deep output o_t
+        if self.deep_output:
+            contexts = decoder.attention_contexts(dec_cache)  # (N, T, F) the gated contexts ẑ_t
+            out, deep_cache = att.deep_output_forward(x, h, contexts, p["L_h"], p["L_z"], p["b_out"])
         if dropping:
-            h, drop_h = nn.dropout_forward(h, self.dropout, rng)  # (N, T, H): some decoder outputs zeroed
-        loss, vocab_grads = seq.words_loss(h, targets, mask, p["W_vocab"], p["b_vocab"], 1.0 / N, backward)
+            out, drop_h = nn.dropout_forward(out, self.dropout, rng)  # some decoder outputs zeroed
+        loss, vocab_grads = seq.words_loss(out, targets, mask, p["W_vocab"], p["b_vocab"], 1.0 / N, backward)
         reg_loss, dalphas = att.doubly_stochastic_loss(alphas, mask, self.reg)
         loss = loss + reg_loss if self.reg else loss
         if vocab_grads is None:
@@ -225,14 +246,17 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
 
         # Backward.
         grads: dict[str, np.ndarray] = {}
-        dh, grads["W_vocab"], grads["b_vocab"] = vocab_grads
+        dout, grads["W_vocab"], grads["b_vocab"] = vocab_grads
         if dropping:
-            dh = nn.dropout_backward(dh, drop_h)
-        g = decoder.attention_lstm_backward(dh, dalphas if self.reg else None, dec_cache)
+            dout = nn.dropout_backward(dout, drop_h)
+        dh, dx_out, dcontexts = dout, None, None
+        if self.deep_output:
+            dx_out, dh, dcontexts, *deep_grads = att.deep_output_backward(dout, deep_cache)
+            grads.update(zip(("L_h", "L_z", "b_out"), deep_grads, strict=True))
+        g = decoder.attention_lstm_backward(dh, dalphas if self.reg else None, dec_cache, dcontexts)
         grads.update(W_att=g.dW_att, w_att=g.dw_att, w_beta=g.dw_beta, b_beta=g.db_beta, Wx=g.dWx, Wh=g.dWh, b=g.db)
-        grads["W_embed"] = nn.word_embedding_backward(
-            nn.dropout_backward(g.dx, drop_x) if dropping else g.dx, embed_cache
-        )
+        dx = g.dx if dx_out is None else g.dx + dx_out  # x reached the LSTM and, with deep_output, the scores
+        grads["W_embed"] = nn.word_embedding_backward(nn.dropout_backward(dx, drop_x) if dropping else dx, embed_cache)
         _da0, grads["W_h0"], grads["b_h0"], grads["W_c0"], grads["b_c0"] = att.init_state_backward(
             g.dh0, g.dc0, init_cache
         )
@@ -259,7 +283,10 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         """
         p = self.params
         x = p["W_embed"][np.asarray(words)]
-        h, c, alpha, _ = att.attention_lstm_step_forward(
+        h, c, alpha, cache = att.attention_lstm_step_forward(
             x, state.h, state.c, state.annotations, state.proj, *self._decoder_params()
         )
-        return h @ p["W_vocab"] + p["b_vocab"], AttentionState(h, c, state.annotations, state.proj, alpha)
+        out = h
+        if self.deep_output:
+            out = np.tanh(x + h @ p["L_h"] + att.step_context(cache) @ p["L_z"] + p["b_out"])
+        return out @ p["W_vocab"] + p["b_vocab"], AttentionState(h, c, state.annotations, state.proj, alpha)

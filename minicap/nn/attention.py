@@ -13,7 +13,10 @@ every step the decoder chooses where to look:
     h_t, c_t = LSTM([x_t, ẑ_t], h_{t−1}, c_{t−1})            the context enters the gates WITH the word vector
     h_0 = tanh(ā W_h0 + b_h0),  c_0 = tanh(ā W_c0 + b_c0),  ā = (1/L) Σ_i a_i        the state starts from the photo
 
-and the doubly stochastic regulariser λ Σ_i (1 − Σ_t α_ti)² asks every location to be looked at about once over
+Optionally the paper's deep output layer (its eq. 7) lets the word scores read the previous word and the context
+directly: o_t = tanh(x_t + h_t L_h + ẑ_t L_z + b_out), scores_t = o_t W_vocab + b_vocab (`deep_output_forward`).
+
+And the doubly stochastic regulariser λ Σ_i (1 − Σ_t α_ti)² asks every location to be looked at about once over
 the caption (Σ_i α_ti = 1 holds by the softmax; this asks for Σ_t α_ti ≈ 1 too).
 
 The LSTM step is `minicap.nn.lstm.lstm_step_forward` itself, fed the concatenation [x_t, ẑ_t] (N, W + F): its input
@@ -51,8 +54,13 @@ __all__ = [
     "attention_lstm_step_backward",
     "AttentionLSTMCache",
     "AttentionLSTMGrads",
+    "step_context",
     "attention_lstm_forward",
+    "attention_contexts",
     "attention_lstm_backward",
+    "DeepOutputCache",
+    "deep_output_forward",
+    "deep_output_backward",
     "doubly_stochastic_loss",
 ]
 
@@ -244,17 +252,28 @@ def attention_lstm_step_forward(
     return next_h, next_c, alpha, AttentionLSTMStepCache(att_cache, gate_cache, lstm_cache, x.shape[1])
 
 
+def step_context(cache: AttentionLSTMStepCache) -> np.ndarray:
+    """ẑ_t = β_t z_t (N, F), the gated context the step fed to the LSTM (the deep output layer reads it too)."""
+    return cache.lstm.x[:, cache.wordvec_size :]
+
+
 def attention_lstm_step_backward(
-    dnext_h: np.ndarray, dnext_c: np.ndarray, dalpha: np.ndarray | None, cache: AttentionLSTMStepCache
+    dnext_h: np.ndarray,
+    dnext_c: np.ndarray,
+    dalpha: np.ndarray | None,
+    cache: AttentionLSTMStepCache,
+    dcontext: np.ndarray | None = None,
 ) -> AttentionLSTMStepGrads:
     """Backward through one step: the LSTM (`lstm_step_backward`, unchanged), then the gate, then attention.
 
     h_{t−1} has three consumers in the step — the LSTM's recurrent weights, the gate β and the attention scores —
-    and its gradient is the sum of the three. dalpha: optional (N, L) gradient reaching α_t directly.
+    and its gradient is the sum of the three. dalpha: optional (N, L) gradient reaching α_t directly; dcontext:
+    optional (N, F) gradient reaching ẑ_t directly (from a deep output layer), added to the LSTM's.
     """
     dxz, dprev_h, dprev_c, dWx, dWh, db = lstm_step_backward(dnext_h, dnext_c, cache.lstm)
     W = cache.wordvec_size
-    dz, dprev_h_gate, dw_beta, db_beta = gate_backward(dxz[:, W:], cache.gate)
+    dzhat = dxz[:, W:] if dcontext is None else dxz[:, W:] + dcontext
+    dz, dprev_h_gate, dw_beta, db_beta = gate_backward(dzhat, cache.gate)
     da, dproj, dprev_h_att, dW_att, dw_att = attention_backward(dz, dalpha, cache.attention)
     return AttentionLSTMStepGrads(
         dxz[:, :W], dprev_h + dprev_h_gate + dprev_h_att, dprev_c, da, dproj, dW_att, dw_att, dw_beta, db_beta,
@@ -325,13 +344,19 @@ def attention_lstm_forward(
     return np.stack(hs, axis=1), np.stack(alphas, axis=1), AttentionLSTMCache(steps, running)
 
 
+def attention_contexts(cache: AttentionLSTMCache) -> np.ndarray:
+    """The gated contexts ẑ_t of every step, (N, T, F), 0 where a caption had ended (as its α)."""
+    return np.stack([step_context(step) for step in cache.steps], axis=1) * cache.running[:, :, None]
+
+
 def attention_lstm_backward(
-    dh: np.ndarray, dalphas: np.ndarray | None, cache: AttentionLSTMCache
+    dh: np.ndarray, dalphas: np.ndarray | None, cache: AttentionLSTMCache, dcontexts: np.ndarray | None = None
 ) -> AttentionLSTMGrads:
     """BPTT through the attention decoder: `attention_lstm_step_backward` from the last step to the first.
 
     dh: (N, T, H) upstream gradient of every h_t (from the word scores); dalphas: optional (N, T, L) gradient of
-    every α_t (from the regulariser). The weights, the annotations and their projection are shared by every step,
+    every α_t (from the regulariser); dcontexts: optional (N, T, F) gradient of every ẑ_t (`attention_contexts`,
+    read by a deep output layer). The weights, the annotations and their projection are shared by every step,
     so their gradients are summed over the steps. An ended caption only copied its state: its gradient passes
     through that step unchanged (as in `lstm_backward`).
     """
@@ -346,7 +371,8 @@ def attention_lstm_backward(
         keep = cache.running[:, t, None]
         dh_t = dnext_h + dh[:, t]
         dalpha_t = None if dalphas is None else dalphas[:, t] * keep
-        g = attention_lstm_step_backward(dh_t * keep, dnext_c * keep, dalpha_t, cache.steps[t])
+        dcontext_t = None if dcontexts is None else dcontexts[:, t] * keep
+        g = attention_lstm_step_backward(dh_t * keep, dnext_c * keep, dalpha_t, cache.steps[t], dcontext_t)
         dx[:, t] = g.dx
         dnext_h = np.where(keep, g.dprev_h, dh_t)
         dnext_c = np.where(keep, g.dprev_c, dnext_c)
@@ -354,6 +380,41 @@ def attention_lstm_backward(
             value = getattr(g, name)
             totals[name] = value if name not in totals else totals[name] + value
     return AttentionLSTMGrads(dx, dnext_h, dnext_c, **totals)
+
+
+# ---------------------------------------------------------------------------------------- the deep output layer
+
+
+class DeepOutputCache(NamedTuple):
+    x: np.ndarray  # (N, T, W) word vectors
+    h: np.ndarray  # (N, T, H)
+    contexts: np.ndarray  # (N, T, F) ẑ_t
+    L_h: np.ndarray  # (H, W)
+    L_z: np.ndarray  # (F, W)
+    out: np.ndarray  # (N, T, W) o_t
+
+
+def deep_output_forward(
+    x: np.ndarray, h: np.ndarray, contexts: np.ndarray, L_h: np.ndarray, L_z: np.ndarray, b_out: np.ndarray
+) -> tuple[np.ndarray, DeepOutputCache]:
+    """o_t = tanh(x_t + h_t L_h + ẑ_t L_z + b_out) for every step: the paper's deep output layer (eq. 7).
+
+    x: (N, T, W); h: (N, T, H); contexts: (N, T, F); L_h: (H, W); L_z: (F, W); b_out: (W,)  ->  o (N, T, W), cache.
+    """
+    out = np.tanh(x + h @ L_h + contexts @ L_z + b_out)
+    return out, DeepOutputCache(x, h, contexts, L_h, L_z, out)
+
+
+def deep_output_backward(
+    dout: np.ndarray, cache: DeepOutputCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """dpre = dout ⊙ (1 − o²);  dx = dpre;  dh = dpre L_hᵀ;  dẑ = dpre L_zᵀ;  dL_h = Σ_t h_tᵀ dpre_t;
+    dL_z = Σ_t ẑ_tᵀ dpre_t;  db_out = Σ dpre.   Returns (dx, dh, dcontexts, dL_h, dL_z, db_out)."""
+    dpre = dout * (1.0 - cache.out**2)  # (N, T, W)
+    rows = dpre.reshape(-1, dpre.shape[2])
+    dL_h = cache.h.reshape(-1, cache.h.shape[2]).T @ rows
+    dL_z = cache.contexts.reshape(-1, cache.contexts.shape[2]).T @ rows
+    return dpre, dpre @ cache.L_h.T, dpre @ cache.L_z.T, dL_h, dL_z, rows.sum(axis=0)
 
 
 # ------------------------------------------------------------------------------------ the doubly stochastic term

@@ -69,7 +69,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicap.nn.fast_attention import attention_lstm_backward, attention_lstm_forward
+from minicap.nn.fast_attention import attention_contexts, attention_lstm_backward, attention_lstm_forward
 from minicap.nn.layers import sigmoid, softmax_loss
 from minicap.nn.lstm import LSTMGrads
 from minicap.nn.rnn import RNNGrads
@@ -97,6 +97,7 @@ __all__ = [
     "lstm_backward_packed",
     "words_loss_packed",
     "attention_lstm_forward",
+    "attention_contexts",
     "attention_lstm_backward",
 ]
 

@@ -27,7 +27,7 @@ import numpy as np
 from minicap.nn.attention import AttentionLSTMGrads
 from minicap.nn.layers import sigmoid
 
-__all__ = ["FastAttentionLSTMCache", "attention_lstm_forward", "attention_lstm_backward"]
+__all__ = ["FastAttentionLSTMCache", "attention_lstm_forward", "attention_contexts", "attention_lstm_backward"]
 
 
 def _active_counts(lengths: np.ndarray | None, N: int, T: int) -> np.ndarray:
@@ -125,8 +125,13 @@ def attention_lstm_forward(
     return hs[1:].transpose(1, 0, 2), alphas.transpose(1, 0, 2), cache
 
 
+def attention_contexts(cache: FastAttentionLSTMCache) -> np.ndarray:
+    """Same as `minicap.nn.attention.attention_contexts`: the gated contexts ẑ_t, (N, T, F), 0 after the end."""
+    return cache.zh[:, :, : cache.annotations.shape[2]].transpose(1, 0, 2)
+
+
 def attention_lstm_backward(
-    dh: np.ndarray, dalphas: np.ndarray | None, cache: FastAttentionLSTMCache
+    dh: np.ndarray, dalphas: np.ndarray | None, cache: FastAttentionLSTMCache, dcontexts: np.ndarray | None = None
 ) -> AttentionLSTMGrads:
     """Same arguments and results as `minicap.nn.attention.attention_lstm_backward`."""
     N, T, H = dh.shape
@@ -135,6 +140,7 @@ def attention_lstm_backward(
     dtype = dh.dtype
     dh_tm = dh.transpose(1, 0, 2)
     dalphas_tm = None if dalphas is None else dalphas.transpose(1, 0, 2)
+    dcontexts_tm = None if dcontexts is None else dcontexts.transpose(1, 0, 2)
     dnext_h, dnext_c = np.zeros((N, H), dtype), np.zeros((N, H), dtype)
     DA = np.zeros((T, N, 4 * H), dtype)  # pre-activation gradients of every step (trick 2)
     DZ = np.zeros((T, N, F), dtype)  # ∂L/∂z_t (trick 3)
@@ -161,6 +167,8 @@ def attention_lstm_backward(
         dnext_c[:n] = dc * f
         dzh = da @ cache.W_zh.T  # (n, F + H): [∂L/∂ẑ_t, ∂L/∂h_{t−1} through the gates]
         dprev_h = dzh[:, F:]
+        if dcontexts_tm is not None:
+            dzh[:, :F] += dcontexts_tm[t, :n]  # ẑ_t also reached the deep output layer
         beta, z = cache.beta[t, :n], cache.z[t, :n]
         dg = (dzh[:, :F] * z).sum(axis=1) * (beta * (1.0 - beta))[:, 0]  # the gate β
         DG[t, :n] = dg
