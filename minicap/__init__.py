@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from minicap.version import __version__
 
 # Where each entry point lives. They are imported on first use (PEP 562), not here: `import minicap.cli` must not
-# load NumPy, because the command line asks OpenBLAS for one thread (cli.captioner.one_blas_thread), which only works
+# load NumPy, because the command line asks OpenBLAS for one thread (cli.captioning.one_blas_thread), which only works
 # before NumPy is first imported.
 _ENTRY_POINTS = {
     "CaptionModel": "minicap.models",

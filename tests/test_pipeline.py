@@ -561,7 +561,7 @@ def test_the_command_line_asks_openblas_for_one_thread_before_numpy_loads():
     code = (
         "import os, sys, minicap.cli\n"
         "assert 'numpy' not in sys.modules, 'importing the CLI loaded NumPy'\n"
-        "minicap.cli.captioner.one_blas_thread()\n"
+        "minicap.cli.captioning.one_blas_thread()\n"
         "import numpy, minicap\n"
         "assert minicap.CaptionModel.__name__ == 'CaptionModel'\n"
         "print(os.environ['OPENBLAS_NUM_THREADS'])\n"
@@ -579,7 +579,7 @@ def test_cli_evaluate_extracts_spatial_maps_when_an_attention_model_is_among_the
 
     asked = []
     fake_data = lambda args, spatial=False: asked.append(spatial) or (1, 2)  # noqa: E731
-    monkeypatch.setattr(minicap.cli.captioner, "_evaluation_data", fake_data)
+    monkeypatch.setattr(minicap.cli.captioning, "_evaluation_data", fake_data)
     base = ["evaluate", "--folds", "2", "--coco", "x", "--cider-only", "--no-progress"]
     assert main(base) == 0
     assert main([*base, "--choose", "model=meanpool,attention"]) == 0

@@ -6,7 +6,7 @@ calls the library and returns the exit code. The library functions do the work; 
 
     flags.py      what the flags accept; the captioner's flags (one per CaptionerConfig field) and --choose
     data.py       data download, extract, encoder build: photos, the ONNX encoder, features extracted once
-    captioner.py  train, demo, evaluate, caption: the captioner of the one CaptionerConfig
+    captioning.py train, demo, evaluate, caption: the captioner of the one CaptionerConfig
     (here)        gradcheck, and the entry point `main`
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minicap.cli import captioner, data
+from minicap.cli import captioning, data
 
 # ----------------------------------------------------------------------------------------------- gradcheck
 
@@ -37,7 +37,7 @@ def _run_gradcheck(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- entry point
 
-_SUBCOMMANDS = [_add_gradcheck, *data.SUBCOMMANDS, *captioner.SUBCOMMANDS]
+_SUBCOMMANDS = [_add_gradcheck, *data.SUBCOMMANDS, *captioning.SUBCOMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
