@@ -310,7 +310,7 @@ def test_the_deep_output_layer_is_a_setting_of_the_attention_captioner():
     start as without it (the same seed); the setting survives config/from_config and reaches the model from the
     configuration and the command line."""
     from minicap.cli import build_parser
-    from minicap.cli.flags import config_from_flags
+    from minicap.cli.flags import choices_from_flag, config_from_flags
     from minicap.config import CaptionerConfig
 
     plain, _, _ = _model_and_batch()
@@ -336,6 +336,8 @@ def test_the_deep_output_layer_is_a_setting_of_the_attention_captioner():
     assert config.deep_output is True and "deep_output" in given
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--features", "f", "--captions", "c", "--deep-output", "maybe"])
+    chosen = choices_from_flag(["deep-output=no,yes"], CaptionerConfig(model="attention"))  # evaluate --choose
+    assert [c.deep_output for c in chosen] == [False, True]
 
 
 def test_the_attention_captioner_with_a_deep_output_layer_trains_saves_and_loads(tmp_path):
