@@ -108,8 +108,6 @@ class CaptionerConfig:
             raise ValueError(f'model must be "meanpool" or "attention", got {self.model!r}')
         if self.model == "attention" and self.cell != "lstm":
             raise ValueError("the attention captioner's decoder is an LSTM: use cell='lstm' with model='attention'")
-        if self.deep_output and self.model != "attention":
-            raise ValueError("deep_output is a layer of the attention captioner: use it with model='attention'")
         if int(self.attention_size) < 1:
             raise ValueError(f"attention_size must be >= 1, got {self.attention_size}")
         if not (math.isfinite(self.attention_reg) and self.attention_reg >= 0):

@@ -328,8 +328,7 @@ def test_the_deep_output_layer_is_a_setting_of_the_attention_captioner():
     old = {k: v for k, v in plain.config.items() if k != "deep_output"}  # a checkpoint from before the setting
     assert AttentionCaptionModel.from_config(old, plain.params).deep_output is False
     assert CaptionerConfig(model="attention", deep_output=True).model_options["deep_output"] is True
-    with pytest.raises(ValueError, match="deep_output"):
-        CaptionerConfig(deep_output=True)  # the mean-pooled captioner has no such layer
+    assert "deep_output" not in CaptionerConfig(deep_output=True).model_options  # attention only, as attention_size
     args = build_parser().parse_args(["train", "--features", "f", "--captions", "c", "--model", "attention",
                                       "--deep-output", "yes"])  # fmt: skip
     config, given = config_from_flags(args)

@@ -574,6 +574,7 @@ FLAG_VALUES = {
     "--model": ("attention", "attention"),
     "--attention-size": ("64", 64),
     "--attention-reg": ("0.5", 0.5),
+    "--deep-output": ("yes", True),
     "--cell": ("rnn", "rnn"),
     "--hidden": ("12", 12),
     "--wordvec": ("10", 10),

@@ -23,6 +23,26 @@ if TYPE_CHECKING:  # for annotations only: each command imports what it needs wh
     from minicap.vision.store import FeatureStore
 
 
+def _command_errors() -> tuple[type[Exception], ...]:
+    """What train, demo and evaluate report as one line instead of a traceback: missing files (a COCO folder
+    among them), bad JSON, foreign or truncated checkpoints and stores, missing features (a KeyError), bad options,
+    metrics that cannot run, and a training run that diverged."""
+    from minicap.metrics import EvaluationUnavailable
+    from minicap.safe_io import UnsafePickleError
+    from minicap.train import TrainingDiverged
+
+    return OSError, ValueError, LookupError, UnsafePickleError, EvaluationUnavailable, TrainingDiverged
+
+
+def _failed(error: Exception) -> int:
+    """Print `error` for the user and return the exit code: 1 when training diverged (the run failed), 2 for bad
+    input (the command could not run as asked)."""
+    from minicap.train import TrainingDiverged
+
+    print(f"error: {error}", file=sys.stderr)
+    return 1 if isinstance(error, TrainingDiverged) else 2
+
+
 # ----------------------------------------------------------------------------------------------- train
 
 
@@ -63,8 +83,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from minicap.pipeline import train_from_files
-    from minicap.safe_io import UnsafePickleError
-    from minicap.train import TrainingDiverged
 
     try:
         config, given = config_from_flags(args)
@@ -81,13 +99,8 @@ def _run_train(args: argparse.Namespace) -> int:
             max_seconds=args.max_seconds,
             progress=not args.no_progress,
         )
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    # Missing files, bad JSON, foreign or truncated checkpoints/stores, missing features (a KeyError), bad options.
-    except (OSError, ValueError, LookupError, UnsafePickleError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except _command_errors() as e:
+        return _failed(e)
     print(trained.result.summary())
     return 0
 
@@ -147,11 +160,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     import os
 
     one_blas_thread()
-    from minicap.coco import CocoDataMissing, choose_coco_dir
-    from minicap.metrics import EvaluationUnavailable
+    from minicap.coco import choose_coco_dir
     from minicap.pipeline import DEMO_TIME_BUDGET, run_demo
-    from minicap.safe_io import UnsafePickleError
-    from minicap.train import TrainingDiverged
 
     coco, chosen_by = choose_coco_dir(args.coco)  # --coco, else $MINICAP_COCO, else the embedded sample
     if chosen_by == "the embedded sample":
@@ -174,15 +184,8 @@ def _run_demo(args: argparse.Namespace) -> int:
             photos=args.photos,
             progress=not args.no_progress,
         )
-    except CocoDataMissing as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, LookupError, UnsafePickleError, EvaluationUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except _command_errors() as e:
+        return _failed(e)
     print()
     print(result.summary())
     return 0
@@ -234,12 +237,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     one_blas_thread()
     from pathlib import Path
 
-    from minicap.coco import CocoDataMissing
     from minicap.experiments import cross_validate
-    from minicap.metrics import EvaluationUnavailable
     from minicap.pipeline import evaluate_checkpoint, make_scorer
-    from minicap.safe_io import UnsafePickleError, atomic_write_json
-    from minicap.train import TrainingDiverged
+    from minicap.safe_io import atomic_write_json
 
     if args.checkpoint and (args.features is None or args.captions is None):
         print("error: --checkpoint needs --features F.pkl and --captions JSON", file=sys.stderr)
@@ -273,15 +273,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             coco, store, args.folds, choices[0], scorer, seed=fold_seed, log=print, progress=not args.no_progress,
             choices=choices[1:],
         )  # fmt: skip
-    except CocoDataMissing as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, LookupError, UnsafePickleError, EvaluationUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except _command_errors() as e:
+        return _failed(e)
     finally:
         if scorer is not None:
             scorer.close()
