@@ -288,5 +288,5 @@ class AttentionCaptionModel(StandardisedFeatures, SequenceModel):
         )
         out = h
         if self.deep_output:
-            out = np.tanh(x + h @ p["L_h"] + att.step_context(cache) @ p["L_z"] + p["b_out"])
+            out, _ = att.deep_output_forward(x, h, att.step_context(cache), p["L_h"], p["L_z"], p["b_out"])
         return out @ p["W_vocab"] + p["b_vocab"], AttentionState(h, c, state.annotations, state.proj, alpha)

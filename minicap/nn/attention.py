@@ -399,7 +399,8 @@ def deep_output_forward(
 ) -> tuple[np.ndarray, DeepOutputCache]:
     """o_t = tanh(x_t + h_t L_h + ẑ_t L_z + b_out) for every step: the paper's deep output layer (eq. 7).
 
-    x: (N, T, W); h: (N, T, H); contexts: (N, T, F); L_h: (H, W); L_z: (F, W); b_out: (W,)  ->  o (N, T, W), cache.
+    x: (N, T, W); h: (N, T, H); contexts: (N, T, F) (or one step: (N, W), (N, H), (N, F)); L_h: (H, W);
+    L_z: (F, W); b_out: (W,)  ->  o (N, T, W) (or (N, W)), cache.
     """
     out = np.tanh(x + h @ L_h + contexts @ L_z + b_out)
     return out, DeepOutputCache(x, h, contexts, L_h, L_z, out)
