@@ -6,11 +6,11 @@ minicap variants, each with ideas switched off, timed in turn on the same batch.
 
 KIND: coco or full (bench_train_step.py's batches). A VARIANT is "old" (model.packed = False: nn.fast's unpacked
 (N, T, ·) functions) or "new" (the packed path, as shipped) followed by +-separated switches:
-  noWS       no workspace: every temporary freshly allocated (nn.fast's `_Fresh`)
+  noWS       no workspace: every temporary freshly allocated (nn.fast_packed's `_Fresh`)
   unblocked  the vocabulary loss's arithmetic on all K rows at once (block_rows = K)
   B=<rows>   ... in blocks of <rows> rows
   P=<k>      the gate and softmax arithmetic over a RowPool of k threads (default 1: no pool)
-  oldsig     the gates' σ by `nn.sigmoid` instead of `nn.fast.sigmoid_by_tanh`
+  oldsig     the gates' σ by `nn.sigmoid` instead of `nn.fast_packed.sigmoid_by_tanh`
   dbsum      db_vocab as a column sum instead of a matrix-vector product
   adamwhole  Adam on whole arrays (Adam.chunk = 0);  chunk=<n>  Adam in pieces of n elements
 Prints ms per step (median, min), the speed-up of each variant over the first, and minor page faults per step.
@@ -32,10 +32,10 @@ from bench_train_step import F, H, W, make_batch  # noqa: E402
 
 from minicap import optim  # noqa: E402
 from minicap.models import CaptionModel  # noqa: E402
-from minicap.nn import fast, layers  # noqa: E402
+from minicap.nn import fast_packed, layers  # noqa: E402
 
-ORIGINAL = {"words_loss_packed": fast.words_loss_packed, "shared_pool": fast.shared_pool}
-POOLS: dict[int, fast.RowPool] = {}
+ORIGINAL = {"words_loss_packed": fast_packed.words_loss_packed, "shared_pool": fast_packed.shared_pool}
+POOLS: dict[int, fast_packed.RowPool] = {}
 
 
 def setup(name: str, model: CaptionModel) -> None:
@@ -43,25 +43,25 @@ def setup(name: str, model: CaptionModel) -> None:
     if parts[0] == "old":
         model.packed = False
     if "noWS" in parts:
-        model._workspace = fast._Fresh()
+        model._workspace = fast_packed._Fresh()
 
 
 def enter(name: str) -> None:
     """Switch the module-level ideas to this variant's (before each of its steps)."""
     parts = name.split("+")
-    fast.words_loss_packed = ORIGINAL["words_loss_packed"]
+    fast_packed.words_loss_packed = ORIGINAL["words_loss_packed"]
     threads = 1
     for part in parts:
         if part == "unblocked":
-            fast.words_loss_packed = functools.partial(ORIGINAL["words_loss_packed"], block_rows=10**9)
+            fast_packed.words_loss_packed = functools.partial(ORIGINAL["words_loss_packed"], block_rows=10**9)
         elif part.startswith("B="):
-            fast.words_loss_packed = functools.partial(ORIGINAL["words_loss_packed"], block_rows=int(part[2:]))
+            fast_packed.words_loss_packed = functools.partial(ORIGINAL["words_loss_packed"], block_rows=int(part[2:]))
         elif part.startswith("P="):
             threads = int(part[2:])
-    POOLS.setdefault(threads, fast.RowPool(threads))
-    fast.shared_pool = lambda: POOLS[threads]
-    fast._gate_sigmoid = layers.sigmoid if "oldsig" in parts else fast.sigmoid_by_tanh
-    fast._DB_BY_GEMV = "dbsum" not in parts
+    POOLS.setdefault(threads, fast_packed.RowPool(threads))
+    fast_packed.shared_pool = lambda: POOLS[threads]
+    fast_packed._gate_sigmoid = layers.sigmoid if "oldsig" in parts else fast_packed.sigmoid_by_tanh
+    fast_packed._DB_BY_GEMV = "dbsum" not in parts
     optim.Adam.chunk = 0 if "adamwhole" in parts else 32768
     for part in parts:
         if part.startswith("chunk="):

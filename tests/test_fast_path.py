@@ -280,7 +280,7 @@ def test_packed_words_loss_equals_the_reference(block_rows, pool):
 def test_caption_model_packed_with_a_thread_pool_and_a_reused_workspace(monkeypatch):
     """CaptionModel's packed fast path with a 2-thread pool splitting every step equals the readable path;
     its workspace, reused by the next batch (other lengths, other N), never leaks into returned gradients."""
-    monkeypatch.setattr(nn.fast, "_shared", [nn.fast.RowPool(2, min_rows=1)])
+    monkeypatch.setattr(nn.fast_packed, "_shared", [nn.fast_packed.RowPool(2, min_rows=1)])
     fast = CaptionModel(vocab_size=11, feature_size=7, wordvec_size=5, hidden_size=4, dtype=np.float64, seed=0)
     readable = fast.copy()
     readable.fast = False
@@ -485,13 +485,13 @@ def test_a_slightly_wrong_fast_path_is_caught(monkeypatch):
         return g._replace(dWh=g.dWh * 1.001)
 
     monkeypatch.setattr(nn.fast, "lstm_backward", off)
-    original_packed = nn.fast.lstm_backward_packed  # the caption model's packed LSTM: the same slip
+    original_packed = nn.fast_packed.lstm_backward_packed  # the caption model's packed LSTM: the same slip
 
     def off_packed(dh, cache, *args, **kwargs):
         dx, dh0, dc0, dWx, dWh, db = original_packed(dh, cache, *args, **kwargs)
         return dx, dh0, dc0, dWx, dWh * 1.001, db
 
-    monkeypatch.setattr(nn.fast, "lstm_backward_packed", off_packed)
+    monkeypatch.setattr(nn.fast_packed, "lstm_backward_packed", off_packed)
     differences = sequence_differences("lstm", LENGTHS)
     assert differences["dWh"][0] > GRADIENT_EQUAL
     with pytest.raises(AssertionError, match="dWh"):

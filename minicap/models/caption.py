@@ -98,8 +98,9 @@ class CaptionModel(StandardisedFeatures, SequenceModel):
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
         self.params = self._init_params(word_counts)
-        # The fast path's temporaries, kept from one `loss` call to the next (never returned: see nn.fast.Workspace)
-        self._workspace: nn.fast.Workspace | None = None
+        # The fast path's temporaries, kept from one `loss` call to the next (never returned: see
+        # nn.fast_packed.Workspace)
+        self._workspace: nn.fast_packed.Workspace | None = None
 
     # ------------------------------------------------------------------------------------------- parameters
 
@@ -237,10 +238,10 @@ class CaptionModel(StandardisedFeatures, SequenceModel):
         rng: np.random.Generator | None = None,
     ) -> tuple[np.floating, dict[str, np.ndarray]]:
         """`loss` on the fast path for the LSTM (`self.fast`): the same numbers, every array packed (only the
-        positions up to each caption's end, time-major: `nn.fast.pack`), temporaries in a workspace kept from
+        positions up to each caption's end, time-major: `nn.fast_packed.pack`), temporaries in a workspace kept from
         step to step. The batch arrives sorted longest first. Dropout draws the readable path's (N, T, ·) masks
         from `rng` in the same order (word vectors, then LSTM outputs) and keeps their packed rows."""
-        p, fast = self.params, nn.fast
+        p, fast = self.params, nn.fast_packed
         N, T = words_in.shape
         if self._workspace is None:
             self._workspace = fast.Workspace()

@@ -10,12 +10,14 @@ Read in this order:
                and its sequence loop, h0/c0 from the mean annotation, the doubly stochastic regulariser
     fast.py    the same sequence functions made fast (one GEMM for all inputs, buffers, packed lengths);
                `from minicap.nn import fast` then `fast.lstm_forward(...)` — proven equal to the loops above
+    fast_packed.py  the caption model's LSTM step packed end to end (only the positions that run, arrays
+               reused from step to step); its names are re-exported by fast.py
 
 The plain names (`nn.lstm_forward`, `nn.rnn_backward`, ...) are the readable reference path.
 This package imports nothing else from minicap.
 """
 
-from minicap.nn import attention, fast
+from minicap.nn import attention, fast, fast_packed
 from minicap.nn.gru import (
     GRUCache,
     GRUGrads,
@@ -76,6 +78,7 @@ from minicap.nn.rnn import (
 __all__ = [
     "attention",
     "fast",
+    "fast_packed",
     "AffineCache",
     "DropoutCache",
     "EmbeddingCache",
