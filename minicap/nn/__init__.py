@@ -8,16 +8,19 @@ Read in this order:
     gru.py     GRU: one step forward/backward; a whole sequence as a loop over the step (BPTT)
     attention.py  soft attention (Show, Attend and Tell): additive scores, the gate β, the attention-LSTM step
                and its sequence loop, h0/c0 from the mean annotation, the doubly stochastic regulariser
+    packing.py which rows run at each step of a batch sorted longest first (`active_counts`, `pack`): the
+               bookkeeping the fast paths share
     fast.py    the same sequence functions made fast (one GEMM for all inputs, buffers, packed lengths);
                `from minicap.nn import fast` then `fast.lstm_forward(...)` — proven equal to the loops above
     fast_packed.py  the caption model's LSTM step packed end to end (only the positions that run, arrays
                reused from step to step); its names are re-exported by fast.py
+    fast_attention.py  the attention decoder's loop made fast (re-exported by fast.py)
 
 The plain names (`nn.lstm_forward`, `nn.rnn_backward`, ...) are the readable reference path.
 This package imports nothing else from minicap.
 """
 
-from minicap.nn import attention, fast, fast_packed
+from minicap.nn import attention, fast, fast_packed, packing
 from minicap.nn.gru import (
     GRUCache,
     GRUGrads,
@@ -79,6 +82,7 @@ __all__ = [
     "attention",
     "fast",
     "fast_packed",
+    "packing",
     "AffineCache",
     "DropoutCache",
     "EmbeddingCache",

@@ -44,13 +44,11 @@ import numpy as np
 from minicap.nn.fast_attention import attention_contexts, attention_lstm_backward, attention_lstm_forward
 from minicap.nn.fast_packed import (
     PackedLSTMCache,
-    Packing,
     RowPool,
     Workspace,
     blas_threads,
     lstm_backward_packed,
     lstm_forward_packed,
-    pack,
     set_threads,
     shared_pool,
     sigmoid_by_tanh,
@@ -58,6 +56,7 @@ from minicap.nn.fast_packed import (
 )
 from minicap.nn.layers import sigmoid, softmax_loss
 from minicap.nn.lstm import LSTMGrads
+from minicap.nn.packing import Packing, active_counts, pack
 from minicap.nn.rnn import RNNGrads
 
 __all__ = [
@@ -89,21 +88,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------- shared pieces
-
-
-def active_counts(lengths: np.ndarray | None, N: int, T: int) -> np.ndarray:
-    """(T,) how many of N sequences, sorted longest first, are still running at step t: #{n : lengths[n] > t}.
-
-    Without lengths every sequence runs for all T steps. Used by `rnn_forward`, `lstm_forward` and `fast_packed.pack`.
-    """
-    if lengths is None:
-        return np.full(T, N, dtype=np.int64)
-    lengths = np.asarray(lengths)
-    if lengths.shape != (N,) or np.any(lengths < 0) or np.any(lengths > T):
-        raise ValueError(f"lengths must be (N,) = ({N},) integers in [0, {T}], got {lengths!r}")
-    if np.any(np.diff(lengths) > 0):
-        raise ValueError("lengths must be sorted longest first (sort the batch by length before the recurrence)")
-    return (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
 
 
 def gradients_after_bptt(

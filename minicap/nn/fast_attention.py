@@ -26,20 +26,9 @@ import numpy as np
 
 from minicap.nn.attention import AttentionLSTMGrads
 from minicap.nn.layers import sigmoid
+from minicap.nn.packing import active_counts
 
 __all__ = ["FastAttentionLSTMCache", "attention_lstm_forward", "attention_contexts", "attention_lstm_backward"]
-
-
-def _active_counts(lengths: np.ndarray | None, N: int, T: int) -> np.ndarray:
-    """(T,) how many captions (sorted longest first) still run at step t."""
-    if lengths is None:
-        return np.full(T, N, dtype=np.int64)
-    lengths = np.asarray(lengths)
-    if lengths.shape != (N,) or np.any(lengths < 0) or np.any(lengths > T):
-        raise ValueError(f"lengths must be (N,) = ({N},) integers in [0, {T}], got {lengths!r}")
-    if np.any(np.diff(lengths) > 0):
-        raise ValueError("lengths must be sorted longest first (sort the batch by length before the recurrence)")
-    return (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
 
 
 class FastAttentionLSTMCache(NamedTuple):
@@ -83,7 +72,7 @@ def attention_lstm_forward(
         raise ValueError(f"attention_lstm_forward needs at least one step, got x of shape {x.shape}")
     H, (L, F), A = h0.shape[1], annotations.shape[1:], proj.shape[2]
     dtype = x.dtype
-    active = _active_counts(lengths, N, T)
+    active = active_counts(lengths, N, T)
     x_tm = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, W)
     gates = (x_tm.reshape(T * N, W) @ Wx[:W]).reshape(T, N, 4 * H)  # trick 1: every word at once ...
     gates += b

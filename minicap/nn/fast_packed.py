@@ -46,9 +46,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minicap.nn.packing import Packing
+
 __all__ = [
-    "Packing",
-    "pack",
     "Workspace",
     "RowPool",
     "blas_threads",
@@ -60,31 +60,6 @@ __all__ = [
     "lstm_backward_packed",
     "words_loss_packed",
 ]
-
-
-class Packing(NamedTuple):
-    """The packed layout of a batch sorted longest first (see `pack`).
-
-    batch_sizes: (T,) n_t, sequences still running at step t (non-increasing)
-    offsets: (T+1,) step t's rows are offsets[t] … offsets[t+1]−1; offsets[T] = K, all positions that run
-    index: (K,) for every packed row, its flat position n·T + t in an (N, T) array (to gather words, targets)
-    """
-
-    batch_sizes: np.ndarray
-    offsets: np.ndarray
-    index: np.ndarray
-
-
-def pack(lengths: np.ndarray, T: int) -> Packing:
-    """The packed layout of N sequences of `lengths` (sorted longest first, each in [0, T])."""
-    from minicap.nn.fast import active_counts  # here, not at the top: fast.py imports this module to re-export it
-
-    lengths = np.asarray(lengths)
-    N = lengths.shape[0]
-    batch_sizes = active_counts(lengths, N, T)
-    offsets = np.concatenate([[0], np.cumsum(batch_sizes)])
-    t_idx, n_idx = np.nonzero(lengths[None, :] > np.arange(T)[:, None])  # row-major over (T, N): time-major
-    return Packing(batch_sizes, offsets, n_idx * T + t_idx)
 
 
 class Workspace:
