@@ -25,7 +25,7 @@ Both sides get exactly the same everything except the framework that does the ar
 
 Threads: torch gets `--threads` (default 2) and so does minicap's NumPy (OpenBLAS), unless `--blas-threads`
 says otherwise: the same cores for both is the fair race. (`--blas-threads 1` is what the `minicap` command line
-uses by default, because one thread is the robust choice on a shared machine: see minicap/pipeline.py.)
+uses by default, because one thread is the robust choice on a shared machine: see minicap/pipeline/__init__.py.)
 Training wall time = the whole `fit` of each fold, validation included (the same validation code on both sides),
 and separately the update steps alone.
 The machine may be shared: run-to-run noise is large, so both frameworks are timed fold by fold in the same run.

@@ -61,7 +61,7 @@ from __future__ import annotations
 import os
 
 # Small matrices (32 rows × 128 units): one OpenBLAS thread is faster than two on a shared 2-core machine (see
-# minicap/pipeline.py). Set before NumPy loads; an explicit setting in the environment wins.
+# minicap/pipeline/__init__.py). Set before NumPy loads; an explicit setting in the environment wins.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 

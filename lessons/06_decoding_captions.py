@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 
 # Small matrices (N = 64, H = 256): one OpenBLAS thread is faster than two, and much faster when another process
-# holds a core (see minicap/pipeline.py). Set before NumPy loads; an explicit setting wins.
+# holds a core (see minicap/pipeline/__init__.py). Set before NumPy loads; an explicit setting wins.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 

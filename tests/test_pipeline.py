@@ -357,13 +357,15 @@ def test_cli_train_and_demo_record_the_same_configuration(coco_dir, tiny_encoder
     """`minicap train` without config flags and `minicap demo` on the same COCO folder build, split and train the
     same captioner from the one CaptionerConfig: their checkpoints record the same configuration, model, training
     settings and split (and, trained on the same features, the same parameters)."""
-    import minicap.pipeline
+    import minicap.pipeline.demo
 
-    # The demo's own EfficientNet-Lite0 and METEOR would take a minute: the tiny encoder, and CIDEr-D only.
-    monkeypatch.setattr(minicap.pipeline, "ensure_encoder", lambda work_dir, arch, log=None: tiny_encoder)
-    monkeypatch.setattr(minicap.pipeline, "make_scorer", lambda log=None: None)
+    # The demo's own EfficientNet-Lite0 and METEOR would take a minute: the tiny encoder, and CIDEr-D only. Patched
+    # where `run_demo` looks them up, its own module (the package only re-exports them).
+    monkeypatch.setattr(minicap.pipeline.demo, "ensure_encoder", lambda work_dir, arch, log=None: tiny_encoder)
+    monkeypatch.setattr(minicap.pipeline.demo, "make_scorer", lambda log=None: None)
     captions = coco_dir / "captions.json"
     assert main(["demo", "--coco", str(coco_dir), "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["metrics_from"] == "CIDEr-D only"
     # The same folder through `minicap extract` and `minicap train`, as the README tells a user to.
     features = tmp_path / "features.pkl"
     extract = ["extract", "--images", str(coco_dir / "images"), "--captions", str(captions), "--no-progress"]
@@ -402,7 +404,8 @@ def test_cli_train_and_demo_record_the_same_configuration(coco_dir, tiny_encoder
 
 @pytest.fixture
 def captured_demo(monkeypatch):
-    """Replace `run_demo` (what `minicap demo` calls) with a recorder: nothing is built or trained."""
+    """Replace `run_demo` (what `minicap demo` calls) with a recorder: nothing is built or trained. The command
+    imports it from the package when it runs, so the package is where to replace it."""
     import minicap.pipeline
 
     calls = []

@@ -600,7 +600,8 @@ FLAG_VALUES = {
 
 @pytest.fixture
 def captured_train(monkeypatch):
-    """Replace `train_from_files` (what `minicap train` calls) with a recorder: no data needed, nothing trained."""
+    """Replace `train_from_files` (what `minicap train` calls) with a recorder: no data needed, nothing trained. The
+    command imports it from the package when it runs, so the package is where to replace it."""
     import minicap.pipeline
 
     calls = []

@@ -114,7 +114,7 @@ def one_blas_thread() -> None:
 
     The captioner's matrices are small (N=64, H=256). On the shared 2-core machine this was written on, two
     OpenBLAS threads made a training step 2-10x SLOWER whenever another process held a core, and 1.6x faster only
-    when the machine was idle (minicap/pipeline.py has the numbers). Set OPENBLAS_NUM_THREADS=2 to choose two.
+    when the machine was idle (minicap/pipeline/__init__.py has the numbers). Set OPENBLAS_NUM_THREADS=2 to choose two.
     """
     import os
 
