@@ -238,7 +238,7 @@ class CaptionModel(StandardisedFeatures, SequenceModel):
         rng: np.random.Generator | None = None,
     ) -> tuple[np.floating, dict[str, np.ndarray]]:
         """`loss` on the fast path for the LSTM (`self.fast`): the same numbers, every array packed (only the
-        positions up to each caption's end, time-major: `nn.fast_packed.pack`), temporaries in a workspace kept from
+        positions up to each caption's end, time-major: `nn.packing.pack`), temporaries in a workspace kept from
         step to step. The batch arrives sorted longest first. Dropout draws the readable path's (N, T, ·) masks
         from `rng` in the same order (word vectors, then LSTM outputs) and keeps their packed rows."""
         p, fast = self.params, nn.fast_packed
@@ -246,7 +246,7 @@ class CaptionModel(StandardisedFeatures, SequenceModel):
         if self._workspace is None:
             self._workspace = fast.Workspace()
         ws, pool = self._workspace, fast.shared_pool()
-        packing = fast.pack(lengths, T)
+        packing = nn.packing.pack(lengths, T)
         words = words_in.reshape(N * T)[packing.index]  # (K,) the words read at the packed positions
         counted = mask.reshape(N * T)[packing.index]  # (K,) all True unless a caption has a hole
         weights = np.where(counted, self.dtype.type(1.0 / N), self.dtype.type(0.0))
