@@ -1,48 +1,7 @@
-"""The ONE training loop of minicap: every model of the contract (`minicap.models.base`) is trained by `Trainer`.
-
-One update (a "step") is the textbook recipe:
-
-    batch      = the next minibatch (sampled WITHOUT replacement, reshuffled every epoch)
-    lr         = schedule(updates so far)              linear warm-up then a half cosine (or constant)
-    loss, g    = model.loss(*batch)                    forward and backward, hand-written (minicap.nn)
-    grad_norm  = clip_grad_norm(g, clip)               global-norm clipping; the norm is logged every step
-    stop if loss or grad_norm is NaN/inf               before the update: the parameters stay the last good ones
-    optimizer.step(params, g)                          in place (Adam by default)
-
-and after every epoch: validation loss (and optionally a validation metric such as CIDEr), early stopping,
-checkpoints (`last.npz` always, `best.npz` when the validation criterion improved), `history.json`.
-
-What differs from model to model is passed in, never copied into a second loop:
-
-    train_data, val_data   `minicap.dataset.Dataset`s: len, batch(indices) -> the arguments of model.loss, and
-                           epoch(rng, batch_size) -> this epoch's batches (fresh data for the adding problem)
-    val_metric             callable(model) -> float, higher is better (the captioner's validation CIDEr-D)
-    loss_fn                callable(model, batch) -> (loss, grads); default model.loss(*batch) (a model with
-                           dropout also gets the update's generator, `Trainer._model_loss`). Truncated BPTT
-                           passes one that carries the recurrent state from one chunk to the next
-                           (`minicap.models.language.CarriedState`, reading a `StreamDataset`).
-    stop_when              callable(history) -> a reason to stop, or None (lesson 01 stops once a task is solved)
-    optimizer              any `minicap.optim.Optimizer` (default: the config's)
-    vocab, encoder, extra  what the checkpoints record beside the model
-
-Everything a run depends on is in its checkpoint — parameters, the optimiser's moments and step count (which is also
-the schedule's position), the shuffling generator's state, the epoch and the position inside it, the early-stopping
-counters and the history — so a run stopped after any epoch (or by a time budget, mid-epoch) and resumed with
-`Trainer.from_checkpoint` ends with exactly the same parameters, bit for bit, as a run that was never stopped.
-
-Files written into `out_dir` (each atomically: a killed run never leaves a half-written file):
-
-    last.npz              the latest state (after every epoch, and when a time budget stops the run)
-    best.npz              the state after the best epoch so far (lowest validation loss, or highest metric)
-    history.json          per step: loss, grad_norm, lr; per epoch: train/val loss, metric, seconds, examples/s;
-                          "warnings" when training left the model worse than it started
-    training_curves.png   loss and gradient norm (drawn when `fit` returns, or when training diverges)
-
-After an epoch the files are written in that order: last.npz, best.npz, history.json. A run killed between the first
-two leaves a last.npz that holds the new best epoch beside an older best.npz; resuming repairs best.npz from it, so
-that after any kill and resume best.npz holds exactly the epoch the run (and history.json) calls best. A write that
-fails (disk full) stops the run with a message naming the file and the checkpoints that are still good.
-"""
+"""`Trainer`, the loop itself (the package docstring, minicap.train, describes the loop and its files): a run, its
+updates and epochs, resuming it from a checkpoint, and the files it writes (LAST, BEST, HISTORY, CURVES). Beside it:
+`validation_loss`, the type of a `loss_fn` (`LossFn`), and what a run raises or warns (`TrainingDiverged`,
+`TrainingWarning`)."""
 
 from __future__ import annotations
 
@@ -60,21 +19,11 @@ from tqdm import tqdm
 from minicap.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_header, save_checkpoint
 from minicap.dataset import Dataset
 from minicap.models.base import SequenceModel
-from minicap.optim import OPTIMIZERS, Adam, Constant, CosineWithWarmup, Optimizer, Schedule, clip_grad_norm, global_norm
+from minicap.optim import OPTIMIZERS, Optimizer, clip_grad_norm, global_norm
 from minicap.safe_io import WriteFailed, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from minicap.text import Vocabulary
-
-__all__ = [
-    "TrainConfig",
-    "TrainState",
-    "TrainResult",
-    "Trainer",
-    "TrainingDiverged",
-    "TrainingWarning",
-    "LossFn",
-    "make_schedule",
-    "validation_loss",
-]
+from minicap.train.config import TrainConfig, make_schedule
+from minicap.train.state import TrainResult, TrainState, _epoch_numbers
 
 LAST, BEST, HISTORY, CURVES = "last.npz", "best.npz", "history.json", "training_curves.png"
 
@@ -102,192 +51,6 @@ _DATA_NAMES = {
 }
 
 
-# ================================================================================================ settings
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """What the loop does, for any model. Saved in every checkpoint; a resumed run uses the saved one.
-
-    epochs          passes over the training data
-    batch_size      examples per update (the last batch of an epoch may be smaller)
-    lr              peak learning rate
-    schedule        "cosine": linear warm-up over `warmup` of all updates, then a half cosine down to `min_lr`;
-                    "constant": `lr` throughout
-    warmup          fraction of all updates spent warming up (cosine only)
-    min_lr          the cosine's final learning rate
-    clip            global gradient-norm threshold (Pascanu et al. 2013); None measures the norm without clipping
-    optimizer       "Adam", "SGD" or "Momentum" (minicap.optim), unless an optimiser object is passed in
-    weight_decay    decoupled (AdamW) weight decay; 0 = plain Adam
-    patience        stop after this many epochs without improvement of the validation criterion (None: never)
-    seed            seeds the minibatch order (the model has its own initialisation seed)
-
-    The captioner's values come from `minicap.config.CaptionerConfig`, the one configuration of the captioner.
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    warmup: float = 0.05
-    min_lr: float = 0.0
-    clip: float | None = 5.0
-    optimizer: str = "Adam"
-    weight_decay: float = 0.0
-    patience: int | None = 5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f'schedule must be "cosine" or "constant", got {self.schedule!r}')
-        if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"warmup is a fraction of all updates in [0, 1), got {self.warmup}")
-        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
-            raise ValueError(f"clip must be a finite number > 0 or None, got {self.clip}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.weight_decay and self.optimizer != "Adam":
-            raise ValueError("weight_decay is decoupled weight decay (AdamW): it needs optimizer='Adam'")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := set(d) - known:
-            raise ValueError(f"unknown training settings {sorted(unknown)} (known: {sorted(known)})")
-        return cls(**d)
-
-    def make_optimizer(self) -> Optimizer:
-        """The optimiser these settings name, at the peak learning rate."""
-        if self.optimizer == "Adam":
-            return Adam(lr=self.lr, weight_decay=self.weight_decay)
-        return OPTIMIZERS[self.optimizer](self.lr)
-
-
-def make_schedule(config: TrainConfig, total_steps: int) -> Schedule:
-    """The learning-rate schedule of a run of `total_steps` updates: step -> lr."""
-    if config.schedule == "constant" or total_steps < 2:
-        return Constant(config.lr)
-    warmup_steps = min(int(round(config.warmup * total_steps)), total_steps - 1)
-    return CosineWithWarmup(config.lr, total_steps=total_steps, warmup_steps=warmup_steps, min_lr=config.min_lr)
-
-
-@dataclasses.dataclass
-class TrainState:
-    """Where a run is: saved in every checkpoint so that a resumed run continues exactly.
-
-    step                updates done (= the optimiser's t = the schedule's position)
-    epoch               epochs completed
-    batch_in_epoch      minibatches done in the epoch in progress (0 at an epoch boundary)
-    epoch_loss_sum, epoch_examples, epoch_seconds   the epoch in progress so far (for its mean loss, speed)
-    best_score          best validation criterion so far, as "higher is better" (−loss for a loss)
-    best_epoch          the epoch (1-based) that reached it
-    epochs_since_best   epochs without improvement (early stopping compares it with `patience`)
-    last_good_loss      the last finite training loss (reported if training diverges)
-    stopped             None while running; "completed", "early stopping", a `stop_when` reason, or "diverged"
-    criterion           "val_metric", "val_loss" or "train_loss" (without validation data)
-    data                fingerprints of the training and validation data: "train" and "val" (e.g. the captions),
-                        "train_features" and "val_features" (what they are looked up in, when fingerprinted apart);
-                        resuming on other data is refused, naming what differs
-    """
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    epoch_loss_sum: float = 0.0
-    epoch_examples: int = 0
-    epoch_seconds: float = 0.0
-    best_score: float | None = None
-    best_epoch: int | None = None
-    epochs_since_best: int = 0
-    last_good_loss: float | None = None
-    stopped: str | None = None
-    criterion: str = "val_loss"
-    data: dict[str, str | None] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainState:
-        d = dict(d)
-        if "epoch_sequences" in d:  # the name in checkpoints written before the loop served every model
-            d["epoch_examples"] = d.pop("epoch_sequences")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := set(d) - known:
-            raise ValueError(f"unknown training-state entries {sorted(unknown)}")
-        return cls(**d)
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What `Trainer.fit` returns.
-
-    model       the model after the last update (the Trainer's own object)
-    best_model  a copy with the parameters of the best epoch (None if no epoch finished)
-    stopped     "completed", "early stopping", "time budget", "paused" (`until_epoch` reached), "diverged"
-                (only with on_divergence="stop"), or the reason a `stop_when` rule gave
-    history     {"steps": {"step", "epoch", "loss", "grad_norm", "lr": lists}, "epochs": [per-epoch records],
-                 "initial": {"val_loss", "val_metric"} before the first update, "criterion", "clip", "warnings" (texts,
-                 e.g. that the model ended worse than it started; also issued as TrainingWarning); after a
-                 divergence "diverged_at" (the 0-based step that failed) and "divergence" (its loss and gradient norm
-                 as text, e.g. "inf": JSON has no infinity)}
-    """
-
-    model: SequenceModel
-    best_model: SequenceModel | None
-    history: dict[str, Any]
-    stopped: str
-    epochs: int
-    steps: int
-    best_epoch: int | None
-    best_score: float | None
-    criterion: str
-    seconds: float
-    last_path: Path | None
-    best_path: Path | None
-
-    @property
-    def losses(self) -> list[float]:
-        """The training loss of every update, in order."""
-        return list(self.history["steps"]["loss"])
-
-    @property
-    def grad_norms(self) -> list[float]:
-        """The global gradient norm of every update, before clipping."""
-        return list(self.history["steps"]["grad_norm"])
-
-    def summary(self) -> str:
-        lines = [f"stopped: {self.stopped} after {self.epochs} epochs, {self.steps} updates ({self.seconds:.1f} s)"]
-        if self.history["epochs"]:
-            lines.append("last epoch: " + _epoch_numbers(self.history["epochs"][-1]))
-        if self.best_epoch is not None:
-            best = self.history["epochs"][self.best_epoch - 1]
-            lines.append(f"best epoch {self.best_epoch} by {self.criterion}: " + _epoch_numbers(best))
-        if self.last_path is not None:
-            lines.append(f"checkpoints: {self.last_path}" + (f", {self.best_path}" if self.best_path else ""))
-        return "\n".join(lines)
-
-
-def _epoch_numbers(record: dict[str, Any]) -> str:
-    parts = [f"train loss {record['train_loss']:.4f}"]
-    if record.get("val_loss") is not None:
-        parts.append(f"val loss {record['val_loss']:.4f}")
-    if record.get("val_metric") is not None:
-        parts.append(f"val metric {record['val_metric']:.4f}")
-    return ", ".join(parts)
-
-
 def validation_loss(model: SequenceModel, data: Dataset, batch_size: int = 256) -> float:
     """Mean loss per example over `data`, in order, without updating anything (forward only)."""
     total, count = 0.0, 0
@@ -298,11 +61,8 @@ def validation_loss(model: SequenceModel, data: Dataset, batch_size: int = 256) 
     return total / count
 
 
-# ================================================================================================ the trainer
-
-
 class Trainer:
-    """Trains `model` (updated in place) on `train_data`; see the module docstring for the loop and its files.
+    """Trains `model` (updated in place) on `train_data`; see the package docstring for the loop and its files.
 
     Parameters
     ----------
