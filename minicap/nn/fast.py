@@ -30,9 +30,9 @@ Before tricks 7–11 (tricks 1–6 only), a whole training step (`CaptionModel.l
 (V=1000) and 1.67× (V=10000) faster on COCO-length batches, 1.13× and 1.16× on full-length ones; the LSTM forward +
 backward alone 1.52× (coco) and 1.22× (full), the RNN's 1.59× and 1.40×.
 
-Tricks 7–11 are the caption model's LSTM step, packed end to end (`pack` … `words_loss_packed`, used by
-`CaptionModel.loss` when model.fast): they live in `fast_packed.py`. The attention decoder's fast path
-(`attention_lstm_forward/backward`) lives in `fast_attention.py`. Both are re-exported here.
+Tricks 7–11 are the caption model's LSTM step, packed end to end (`packing.pack`, then `lstm_forward_packed` …
+`words_loss_packed`, used by `CaptionModel.loss` when model.fast): they live in `fast_packed.py`. The attention
+decoder's fast path (`attention_lstm_forward/backward`) lives in `fast_attention.py`. Both are re-exported here.
 """
 
 from __future__ import annotations
