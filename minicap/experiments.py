@@ -273,7 +273,9 @@ class CrossValidation:
 
     def table(self) -> str:
         """The cross-validated table (mean ± sd over folds) and, for the model, the per-fold comparison."""
-        title = f"{self.k}-fold cross-validation by image (seed {self.seed}): mean ± sd over folds"
+        ran = [f["fold"] for f in self.folds]
+        which = "" if len(ran) == self.k else f", fold{'s' if len(ran) > 1 else ''} {', '.join(map(str, ran))} only"
+        title = f"{self.k}-fold cross-validation by image (seed {self.seed}{which}): mean ± sd over folds"
         lines = [format_metrics_table(self.summary(), title, self.metrics)]
         lines.append("")
         lines.append(f"paired by fold, against the {self.reference} baseline: mean difference ± sd (wins / folds)")
@@ -402,6 +404,7 @@ def cross_validate(
     log: Callable[[str], None] | None = None,
     progress: RunProgress | bool = False,
     choices: Sequence[CaptionerConfig] = (),
+    only_folds: Sequence[int] | None = None,
 ) -> CrossValidation:
     """K-fold cross-validation by image of the captioner and both baselines.
 
@@ -414,17 +417,25 @@ def cross_validate(
     (`choose_on_validation`): the fold's test images never choose anything.
     coco: CocoCaptions whose every image has features in `features` (a FeatureStore or a FeatureTable).
     progress: a RunProgress, or True for one on stderr (a bar on a terminal, a line per epoch otherwise).
+    only_folds: run only these folds (numbered 1..k) of the same k folds, e.g. one fold per process on a machine
+    with more cores than one training uses; the summary then covers the folds that ran.
     Returns a CrossValidation (per-fold scores, `summary()`, `paired()`, `table()`).
     """
     log = log or (lambda line: None)
     image_ids = coco.image_ids()
     check_features_available(image_ids, features, "cross-validation")
+    splits = fold_splits(image_ids, k, seed, config.val_fraction if val_fraction is None else val_fraction)
+    if only_folds is not None:
+        wanted = sorted(set(only_folds))
+        if not wanted or not all(1 <= f <= k for f in wanted):
+            raise ValueError(f"only_folds must name folds among 1..{k}, got {list(only_folds)}")
+        splits = [s for s in splits if s.fold in wanted]
     t0 = time.perf_counter()
     folds = []
     epochs = sum(c.epochs for c in (config, *choices))  # per fold: every candidate trains
-    report = RunProgress(k, epochs) if progress is True else (progress or None)
+    report = RunProgress(len(splits), epochs) if progress is True else (progress or None)
     try:
-        for split in fold_splits(image_ids, k, seed, config.val_fraction if val_fraction is None else val_fraction):
+        for split in splits:
             if report is not None:
                 report.start_fold(split.fold)
             result = holdout_evaluation(

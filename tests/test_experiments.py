@@ -141,6 +141,24 @@ def test_cross_validate_table_and_numbers():
     assert saved["settings"] == TINY.replace(epochs=25).to_dict() and saved["k"] == 3 and len(saved["folds"]) == 3
 
 
+def test_cross_validate_one_fold_is_that_fold_of_the_full_run():
+    """only_folds runs some of the same k folds (one per process on a bigger machine): the same images, the same
+    training, the same scores as in a run of all k."""
+    coco, table = colour_data()
+    config = TINY.replace(epochs=4)
+    full = cross_validate(coco, table, k=3, config=config, seed=0)
+    lines: list[str] = []
+    part = cross_validate(coco, table, k=3, config=config, seed=0, only_folds=[3, 2, 3], log=lines.append)
+    assert [f["fold"] for f in part.folds] == [2, 3] and [line[:8] for line in lines] == ["fold 2/3", "fold 3/3"]
+    for ran, f in zip(part.folds, full.folds[1:], strict=True):
+        assert ran["scores"] == f["scores"] and ran["n_train"] == f["n_train"] and ran["best_epoch"] == f["best_epoch"]
+    assert "3-fold cross-validation by image (seed 0, folds 2, 3 only)" in part.table()
+    assert "(seed 0):" in full.table()
+    for bad in ([], [0], [4]):
+        with pytest.raises(ValueError, match=r"only_folds must name folds among 1\.\.3"):
+            cross_validate(coco, table, k=3, config=config, only_folds=bad)
+
+
 def test_cross_validate_captions_without_features_one_clear_error():
     coco, table = colour_data()
     for extra_id in (901, 902):

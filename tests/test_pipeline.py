@@ -455,9 +455,10 @@ def captured_folds(monkeypatch):
 
     calls = []
 
-    def fake(coco, store, k, config, scorer, *, seed, log, progress, choices=()):
+    def fake(coco, store, k, config, scorer, *, seed, log, progress, choices=(), only_folds=None):
         calls.append(
             {"k": k, "config": config, "seed": seed, "scorer": scorer, "progress": progress, "choices": list(choices)}
+            | ({"only_folds": only_folds} if only_folds is not None else {})
         )
         return SimpleNamespace(table=lambda: "the table", seconds=0.0, k=k, to_dict=lambda: {"seed": seed})
 
@@ -491,11 +492,19 @@ def test_cli_evaluate_seed_is_a_deprecated_spelling_of_fold_seed(captured_folds,
 
     assert main([*base, "--epochs", "3", "--split-seed", "5", "--min-count", "1"]) == 0
     assert captured_folds[-1]["config"] == CaptionerConfig(epochs=3, split_seed=5, min_count=1)
-    for bad in (["--seed", "-2"], ["--fold-seed", "1.5"], ["--hidden", "0"]):
+    # The seed of the initialisation (and dropout masks, minibatch order) is --init-seed; the folds stay seed 0.
+    assert main([*base, "--init-seed", "3"]) == 0
+    assert captured_folds[-1]["config"] == CaptionerConfig(seed=3) and captured_folds[-1]["seed"] == 0
+    # --fold I runs fold I of the same K folds (one fold per process); I must be a fold of K.
+    assert main([*base, "--fold", "2", "--fold", "4"]) == 0
+    assert captured_folds[-1]["only_folds"] == [2, 4] and captured_folds[-1]["k"] == 4
+    assert main([*base, "--fold", "5"]) == 2
+    assert "error: --fold I needs --folds K with 1 <= I <= K" in capsys.readouterr().err
+    for bad in (["--seed", "-2"], ["--fold-seed", "1.5"], ["--hidden", "0"], ["--fold", "0"], ["--init-seed", "x"]):
         with pytest.raises(SystemExit) as exit_info:
             main([*base, *bad])
         assert exit_info.value.code == 2 and f"argument {bad[0]}:" in capsys.readouterr().err
-    assert len(captured_folds) == 5
+    assert len(captured_folds) == 7
 
 
 # ------------------------------------------------------------------------------------------ the figure

@@ -591,7 +591,7 @@ FLAG_VALUES = {
     "--clip": ("2.5", 2.5),
     "--weight-decay": ("0", 0.0),
     "--patience": ("3", 3),
-    "--seed": ("5", 5),
+    "--init-seed": ("5", 5),
     "--early-stopping": ("loss", "loss"),
     "--beam": ("5", 5),
     "--length-penalty": ("0.7", 0.7),
@@ -640,6 +640,9 @@ def test_every_config_flag_of_cli_train_overrides_exactly_one_field(captured_tra
     assert call["given"] == ["min_test_images", "test_fraction"]
     assert main([*TRAIN_FILES, "--test-images", "5", "--test-fraction", "0.3"]) == 0
     assert captured_train.pop()["config"] == CaptionerConfig().replace(min_test_images=5, test_fraction=0.3)
+    # `minicap train --seed S` is --init-seed S (demo and evaluate keep --seed for the split's / folds' seed).
+    assert main([*TRAIN_FILES, "--seed", "5"]) == 0
+    assert captured_train.pop()["config"] == CaptionerConfig().replace(seed=5)
     # Several flags at once: each sets its own field.
     assert main([*TRAIN_FILES, "--hidden", "12", "--lr", "0.01", "--max-seconds", "30"]) == 0
     call = captured_train.pop()

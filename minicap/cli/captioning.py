@@ -77,7 +77,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-seconds", type=positive_float, metavar="S", help="time budget; stops resumably")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_flags(p)
+    add_config_flags(p, seed_synonym=True)
     p.set_defaults(func=_run_train)
 
 
@@ -152,7 +152,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--seed", dest="old_seed", type=non_negative_int, help="deprecated spelling of --split-seed")
-    add_config_flags(p, skip=("--seed",))
+    add_config_flags(p)
     p.set_defaults(func=_run_demo)
 
 
@@ -172,7 +172,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"data: {coco} (from {chosen_by})")
     if args.old_seed is not None:
-        print("note: `minicap demo --seed` is deprecated; it sets the split seed: say --split-seed", file=sys.stderr)
+        print(
+            "note: `minicap demo --seed` is deprecated; it sets the split seed: say --split-seed "
+            "(--init-seed is the seed of the initialisation and the minibatch order)",
+            file=sys.stderr,
+        )
         args.split_seed = args.split_seed if args.split_seed is not None else args.old_seed
     try:
         config, _ = config_from_flags(args)
@@ -213,6 +217,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", metavar="F.pkl", help="feature store (instead of --coco)")
     p.add_argument("--captions", metavar="JSON", help="COCO captions JSON of those images (instead of --coco)")
     p.add_argument("--fold-seed", type=non_negative_int, default=None, help="seed of the folds (default 0)")
+    p.add_argument(
+        "--fold",
+        type=positive_int,
+        action="append",
+        metavar="I",
+        help="with --folds K: run only fold I of the K (repeat for several), e.g. one fold per process; the same "
+        "folds as a full run",
+    )
     p.add_argument("--seed", dest="old_seed", type=non_negative_int, help="deprecated spelling of --fold-seed")
     p.add_argument("--out", metavar="FILE.json", help="also write the numbers (per fold, summary) here")
     p.add_argument("--cider-only", action="store_true", help="only CIDEr-D (pure Python; no Java needed)")
@@ -229,7 +241,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no fold/epoch progress on stderr (by default: a bar on a terminal, else one line per epoch with an ETA)",
     )
-    add_config_flags(p, skip=("--seed",))
+    add_config_flags(p)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -250,9 +262,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.choose and args.folds is None:
         print("error: --choose needs --folds K (settings are chosen on each fold's validation slice)", file=sys.stderr)
         return 2
+    if args.fold and (args.folds is None or max(args.fold) > args.folds):
+        print("error: --fold I needs --folds K with 1 <= I <= K", file=sys.stderr)
+        return 2
     if args.old_seed is not None:
-        print("note: `minicap evaluate --seed` is deprecated; it sets the seed of the folds: say --fold-seed",
-              file=sys.stderr)  # fmt: skip
+        print("note: `minicap evaluate --seed` is deprecated; it sets the seed of the folds: say --fold-seed "
+              "(--init-seed is the seed of the initialisation and the minibatch order)", file=sys.stderr)  # fmt: skip
     fold_seed = args.fold_seed if args.fold_seed is not None else (args.old_seed or 0)
     scorer = None
     try:
@@ -271,7 +286,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         coco, store = _evaluation_data(args, spatial=any(c.model == "attention" for c in choices))
         cv = cross_validate(
             coco, store, args.folds, choices[0], scorer, seed=fold_seed, log=print, progress=not args.no_progress,
-            choices=choices[1:],
+            choices=choices[1:], only_folds=args.fold,
         )  # fmt: skip
     except _command_errors() as e:
         return _failed(e)

@@ -92,30 +92,31 @@ CONFIG_FLAGS: list[tuple[str, str, object, str]] = [
     ("--clip", "clip", positive_float, "global gradient-norm threshold"),
     ("--weight-decay", "weight_decay", non_negative_float, "decoupled (AdamW) weight decay"),
     ("--patience", "patience", non_negative_int, "epochs without improvement before stopping; 0 = never"),
-    ("--seed", "seed", non_negative_int, "seed of the initialisation and the minibatch order"),
+    ("--init-seed", "seed", non_negative_int, "seed of the initialisation, the dropout masks and the minibatch order"),
     ("--early-stopping", "early_stopping", ["cider", "loss"], "best epoch by validation CIDEr-D or loss"),
     ("--beam", "beam_size", positive_int, "beam width reported beside greedy decoding"),
     ("--length-penalty", "length_penalty", non_negative_float, "GNMT length penalty alpha of beam search"),
 ]
 
 
-def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+def add_config_flags(p: argparse.ArgumentParser, seed_synonym: bool = False) -> None:
+    """One flag per CaptionerConfig field. seed_synonym: `--seed` is also accepted for `--init-seed` (`minicap train`;
+    in `demo` and `evaluate` `--seed` is the deprecated spelling of the split's or the folds' seed)."""
     from minicap.config import CaptionerConfig
 
     defaults = CaptionerConfig()
     group = p.add_argument_group("captioner (each flag overrides one field of the one CaptionerConfig)")
     for flag, field, kind, text in CONFIG_FLAGS:
-        if flag in skip:
-            continue
+        names = [flag, "--seed"] if seed_synonym and flag == "--init-seed" else [flag]
         default = getattr(defaults, field)
         default_text = "never" if field == "patience" and default is None else default
         if isinstance(default, bool):
             default_text = "yes" if default else "no"
         if isinstance(kind, list):
-            group.add_argument(flag, dest=field, choices=kind, help=f"{text} (default {default_text})")
+            group.add_argument(*names, dest=field, choices=kind, help=f"{text} (default {default_text})")
         else:
             metavar = "yes|no" if kind is yes_no else None
-            group.add_argument(flag, dest=field, type=kind, metavar=metavar, help=f"{text} (default {default_text})")
+            group.add_argument(*names, dest=field, type=kind, metavar=metavar, help=f"{text} (default {default_text})")
 
 
 def config_from_flags(args: argparse.Namespace) -> tuple[CaptionerConfig, list[str]]:
