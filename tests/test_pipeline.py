@@ -460,7 +460,8 @@ def captured_folds(monkeypatch):
             {"k": k, "config": config, "seed": seed, "scorer": scorer, "progress": progress, "choices": list(choices)}
             | ({"only_folds": only_folds} if only_folds is not None else {})
         )
-        return SimpleNamespace(table=lambda: "the table", seconds=0.0, k=k, to_dict=lambda: {"seed": seed})
+        ran = [{"fold": f} for f in (only_folds or range(1, k + 1))]
+        return SimpleNamespace(table=lambda: "the table", seconds=0.0, k=k, folds=ran, to_dict=lambda: {"seed": seed})
 
     monkeypatch.setattr(minicap.experiments, "cross_validate", fake)
     return calls
@@ -498,6 +499,7 @@ def test_cli_evaluate_seed_is_a_deprecated_spelling_of_fold_seed(captured_folds,
     # --fold I runs fold I of the same K folds (one fold per process); I must be a fold of K.
     assert main([*base, "--fold", "2", "--fold", "4"]) == 0
     assert captured_folds[-1]["only_folds"] == [2, 4] and captured_folds[-1]["k"] == 4
+    assert "(0 s for 2 of 4 folds)" in capsys.readouterr().out
     assert main([*base, "--fold", "5"]) == 2
     assert "error: --fold I needs --folds K with 1 <= I <= K" in capsys.readouterr().err
     for bad in (["--seed", "-2"], ["--fold-seed", "1.5"], ["--hidden", "0"], ["--fold", "0"], ["--init-seed", "x"]):

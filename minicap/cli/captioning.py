@@ -295,7 +295,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             scorer.close()
     print()
     print(cv.table())
-    print(f"({cv.seconds:.0f} s for {cv.k} folds)")
+    ran = "" if len(cv.folds) == cv.k else f"{len(cv.folds)} of "
+    print(f"({cv.seconds:.0f} s for {ran}{cv.k} folds)")
     if args.out:
         atomic_write_json(Path(args.out), cv.to_dict())
         print(f"per-fold numbers -> {args.out}")
